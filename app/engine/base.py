@@ -1,0 +1,57 @@
+"""The contract every engine meets, shaped like an LLM engine (add requests, step, collect outputs).
+
+An engine is synchronous and single-owner: only the `EngineWorker` thread calls it, so it may keep device
+state without locks. One `step()` advances every running request by one unit of work (a batched decode step
+for Chatterbox) and returns whatever new audio exists.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from app.engine.types import EngineInfo, EngineOutput, EngineRequest
+
+
+class Engine(ABC):
+    info: EngineInfo
+
+    @abstractmethod
+    def add_request(self, request: EngineRequest) -> None:
+        """Queue a request; it starts on a later `step()`."""
+
+    @abstractmethod
+    def abort_request(self, request_id: str) -> None:
+        """Drop a request and free its resources before the next step; unknown ids are ignored."""
+
+    @abstractmethod
+    def step(self) -> list[EngineOutput]:
+        """Advance running requests by one unit of work."""
+
+    @abstractmethod
+    def has_unfinished(self) -> bool:
+        """True while any request is queued or running."""
+
+    @abstractmethod
+    def default_voice(self) -> Any:
+        """Conditionals of the built-in voice."""
+
+    @abstractmethod
+    def embed_voice(self, wav: np.ndarray, sample_rate: int) -> Any:
+        """Conditionals computed from a mono float32 reference recording."""
+
+    @abstractmethod
+    def save_voice(self, voice: Any, path: str) -> None:
+        """Write conditionals to `path` (the caller makes the write atomic)."""
+
+    @abstractmethod
+    def load_voice(self, path: str) -> Any:
+        """Read conditionals written by `save_voice`."""
+
+    def warmup(self) -> None:
+        """Compile and capture whatever the engine needs before it is ready; default: nothing."""
+
+    def optimization_status(self) -> dict[str, Any]:
+        return self.info.as_dict()

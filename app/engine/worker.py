@@ -1,0 +1,193 @@
+"""The single owner of the engine in a process: a thread that steps it, fed by a queue.
+
+The asyncio side never touches the engine: it posts commands (add, abort, call) to the worker's inbox and
+receives outputs on per-request asyncio queues. Every running request is advanced by the same `engine.step()`,
+so the engine is free to batch them (continuous batching: requests join and leave between steps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import numpy as np
+
+from app.engine.base import Engine
+from app.engine.types import EngineError, EngineOutput, EngineRequest
+
+log = logging.getLogger(__name__)
+
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class WorkerStats:
+    steps: int = 0
+    busy_seconds: float = 0.0
+    last_batch_size: int = 0
+
+
+class RequestHandle:
+    """The asyncio end of one request: iterate it for outputs; `cancel()` frees the engine's slot at once."""
+
+    def __init__(self, worker: "EngineWorker", request: EngineRequest):
+        self.request = request
+        self._worker = worker
+        self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
+        self.finished = False
+        self.cancelled = False
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self.cancelled = True
+            self.finished = True
+            self._worker._abort(self.request_id)
+            self._queue.put_nowait(EngineOutput(self.request_id, _EMPTY, finished=True))
+
+    def _deliver(self, output: EngineOutput) -> None:
+        if not self.cancelled:
+            self._queue.put_nowait(output)
+
+    async def __aiter__(self) -> AsyncIterator[EngineOutput]:
+        while True:
+            output = await self._queue.get()
+            if output.error is not None:
+                self.finished = True
+                raise output.error
+            if self.cancelled and not output.finished:
+                continue
+            yield output
+            if output.finished:
+                self.finished = True
+                return
+
+
+class EngineWorker:
+    def __init__(self, engine: Engine, on_step: Callable[[int, float], None] | None = None):
+        self.engine = engine
+        self.stats = WorkerStats()
+        self._on_step = on_step  # (requests advanced, seconds) for metrics
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._handles: dict[str, RequestHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- asyncio side -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(("wake", None))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+
+    def submit(self, request: EngineRequest) -> RequestHandle:
+        if request.request_id in self._handles:
+            raise EngineError("duplicate_request", f"request {request.request_id} is already running")
+        handle = RequestHandle(self, request)
+        self._handles[request.request_id] = handle
+        self._inbox.put(("add", request))
+        return handle
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the worker thread (the device owner) between steps, and await its result."""
+        future: Future = Future()
+        self._inbox.put(("call", (future, fn, args)))
+        return await asyncio.wrap_future(future)
+
+    @property
+    def active_requests(self) -> int:
+        return len(self._handles)
+
+    def _abort(self, request_id: str) -> None:
+        self._handles.pop(request_id, None)
+        self._inbox.put(("abort", request_id))
+
+    def _deliver(self, output: EngineOutput) -> None:
+        handle = self._handles.get(output.request_id)
+        if handle is None:
+            return
+        if output.finished or output.error is not None:
+            self._handles.pop(output.request_id, None)
+        handle._deliver(output)
+
+    # ---- worker thread ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._drain_inbox(block=not self.engine.has_unfinished())
+            if self._stopping or not self.engine.has_unfinished():
+                continue
+            self._step_once()
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            command = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._apply(*command)
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, kind: str, payload: Any) -> None:
+        if kind == "add":
+            self.engine.add_request(payload)
+        elif kind == "abort":
+            self.engine.abort_request(payload)
+        elif kind == "call":
+            future, fn, args = payload
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    future.set_exception(exc)
+
+    def _step_once(self) -> None:
+        started = time.perf_counter()
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:  # an engine bug must fail the requests it touched, not the process
+            log.exception("engine step failed")
+            outputs = self._fail_running(exc)
+        elapsed = time.perf_counter() - started
+        self._account(len(outputs), elapsed)
+        if self._on_step is not None:
+            self._on_step(len(outputs), elapsed)
+        if outputs and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._deliver_all, outputs)
+
+    def _account(self, batch_size: int, elapsed: float) -> None:
+        self.stats.steps += 1
+        self.stats.busy_seconds += elapsed
+        self.stats.last_batch_size = batch_size
+
+    def _fail_running(self, exc: Exception) -> list[EngineOutput]:
+        error = EngineError("engine_error", f"synthesis failed: {exc}")
+        failed = []
+        for request_id in list(self._handles):
+            self.engine.abort_request(request_id)
+            failed.append(EngineOutput(request_id, _EMPTY, finished=True, error=error))
+        return failed
+
+    def _deliver_all(self, outputs: list[EngineOutput]) -> None:
+        for output in outputs:
+            self._deliver(output)
+

@@ -1,0 +1,159 @@
+"""One settings object for the whole server, read from command-line flags and environment variables.
+
+Every field has an environment variable ``CBR_<FIELD>`` and a flag ``--<field-with-dashes>``; flags win.
+`settings_table()` renders the README's table from the same definitions so the docs cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+ENV_PREFIX = "CBR_"
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # transport
+    host: str = _opt("127.0.0.1", "Interface to bind.")
+    port: int = _opt(8000, "TCP port.")
+    api_key: str = _opt("", "If set, every request needs it (header `Authorization: Bearer`, `X-API-Key`, "
+                            "query `api_key`, or WebSocket subprotocol `api-key.<key>`).")
+    log_level: str = _opt("info", "Log level.", ("debug", "info", "warning", "error"))
+
+    # engine
+    engine: str = _opt("espeak", "Which engine serves: `chatterbox` (the model) or `espeak` (light CPU engine).",
+                       ("chatterbox", "espeak"))
+    checkpoint: str = _opt("hub", "Chatterbox weights: `hub` (ResembleAI/chatterbox from the model hub) or a "
+                                  "local directory in the official layout.")
+    device: str = _opt("auto", "`auto` (cuda when present, else cpu), `cuda`, `cuda:N` or `cpu`.")
+    dtype: str = _opt("auto", "`auto` (bfloat16 on CUDA, float32 on CPU), `float32`, `bfloat16`, `float16`.",
+                      ("auto", "float32", "bfloat16", "float16"))
+    enable_optimizations: bool = _opt(True, "Compile and capture CUDA graphs at start-up (falls back to eager "
+                                            "with a logged reason on failure).")
+    compile_mode: str = _opt("reduce-overhead", "torch.compile mode for the optimized paths.",
+                             ("default", "reduce-overhead", "max-autotune"))
+    max_batch_size: int = _opt(64, "Most streams stepped together in one T3 decode step.")
+    max_new_tokens: int = _opt(1000, "Cap on speech tokens per text chunk (40 s of audio).")
+    cfm_steps: int = _opt(10, "Euler steps of S3Gen's flow-matching decoder (fewer is faster, rougher).")
+    s3gen_left_context: int = _opt(50, "Speech tokens of already-spoken left context each streaming S3Gen "
+                                       "chunk re-decodes (0 = all of them).")
+    first_audio_tokens: int = _opt(10, "Speech tokens in a request's first S3Gen chunk (0.4 s of audio).")
+    audio_chunk_tokens: int = _opt(40, "Speech tokens in later S3Gen chunks.")
+    watermark: bool = _opt(False, "Apply Resemble's Perth watermark to each streamed chunk.")
+
+    # streaming protocol
+    chunk_size: int = _opt(50, "Default text-chunk budget in tokens (25-200), overridable per connection.")
+    max_connections: int = _opt(256, "Concurrent WebSocket connections; more are closed with 1013.")
+    max_contexts_per_connection: int = _opt(8, "Concurrent contexts on one connection.")
+    max_buffered_text: int = _opt(20000, "Characters of unspoken text a context may hold.")
+    max_message_bytes: int = _opt(65536, "Largest client message; larger closes with 1009.")
+    idle_timeout_s: float = _opt(180.0, "Close a connection that sends nothing for this long (1000 + event).")
+    ping_interval_s: float = _opt(20.0, "WebSocket ping interval (0 disables).")
+    send_buffer_s: float = _opt(30.0, "Audio seconds queued for a slow reader before its context is dropped.")
+    drain_timeout_s: float = _opt(30.0, "On SIGTERM, how long active contexts may finish before exit.")
+
+    # storage and caching
+    voices_dir: str = _opt("var/voices", "Where uploaded voices and their cached conditionings live.")
+    cache_bytes: int = _opt(256 * 1024 * 1024, "Byte budget of the response cache (0 disables).")
+    max_upload_bytes: int = _opt(20 * 1024 * 1024, "Largest reference-audio upload.")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if self.resolved_device.startswith("cuda") else "float32"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _coerce(kind: type, raw: str) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    return kind(raw)
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return type(f.default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults are None so unset flags fall through to the environment."""
+    for f in fields(Settings):
+        kind = _field_type(f)
+        kwargs: dict[str, Any] = {"default": None, "help": f.metadata["help"] + f" [env {env_name(f.name)}]"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag_name(f.name), dest=f.name, **kwargs)
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then environment, then flags."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        kind = _field_type(f)
+        raw = environ.get(env_name(f.name))
+        if raw is not None:
+            try:
+                values[f.name] = _coerce(kind, raw)
+            except ValueError as exc:
+                raise ValueError(f"{env_name(f.name)}: {exc}") from None
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+    settings = Settings(**values)
+    validate_settings(settings)
+    return settings
+
+
+def validate_settings(s: Settings) -> None:
+    for f in fields(Settings):
+        choices = f.metadata["choices"]
+        if choices and getattr(s, f.name) not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(s, f.name)!r}")
+    if not 25 <= s.chunk_size <= 200:
+        raise ValueError("chunk_size must be between 25 and 200")
+    if s.max_connections < 1 or s.max_contexts_per_connection < 1:
+        raise ValueError("max_connections and max_contexts_per_connection must be at least 1")
+
+
+def settings_table() -> str:
+    """Markdown table of every setting (flag, environment variable, default, meaning)."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        rows.append(f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | `{f.default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
