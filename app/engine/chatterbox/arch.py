@@ -1,0 +1,79 @@
+"""Chatterbox module construction at two sizes, using chatterbox-tts's own classes.
+
+`full` is exactly what chatterbox-tts 0.1.7 builds (`T3()`, `S3Gen()`, `VoiceEncoder()`): same parameters,
+same compute. `tiny` keeps every class and interface but shrinks depth and width so CPU tests run in seconds.
+A synthetic checkpoint records its size in `synthetic.json` (a file the official loader ignores); a directory
+without it is the official architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from chatterbox.models.s3gen import S3Gen
+from chatterbox.models.s3gen.decoder import ConditionalDecoder
+from chatterbox.models.s3gen.f0_predictor import ConvRNNF0Predictor
+from chatterbox.models.s3gen.hifigan import HiFTGenerator
+from chatterbox.models.s3gen.const import S3GEN_SR
+from chatterbox.models.s3gen.transformer.upsample_encoder import UpsampleConformerEncoder
+from chatterbox.models.t3 import T3
+from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
+from chatterbox.models.t3.modules.t3_config import T3Config
+from chatterbox.models.voice_encoder import VoiceEncoder
+
+Size = Literal["tiny", "full"]
+SIZES: tuple[Size, ...] = ("tiny", "full")
+
+TINY_LLAMA = "Llama_tiny_synthetic"
+# Width stays 1024: T3's Perceiver resampler hard-codes it. Depth and MLP width shrink.
+LLAMA_CONFIGS.setdefault(TINY_LLAMA, {
+    **LLAMA_CONFIGS["Llama_520M"],
+    "num_hidden_layers": 2,
+    "intermediate_size": 1024,
+})
+
+
+def t3_config(size: Size) -> T3Config:
+    hp = T3Config.english_only()
+    if size == "tiny":
+        hp.llama_config_name = TINY_LLAMA
+    return hp
+
+
+def build_t3(size: Size) -> T3:
+    return T3(t3_config(size))
+
+
+def build_s3gen(size: Size) -> S3Gen:
+    s3gen = S3Gen()
+    if size == "tiny":
+        _shrink_s3gen(s3gen)
+    return s3gen
+
+
+def build_voice_encoder(size: Size) -> VoiceEncoder:
+    return VoiceEncoder()  # already small (1.4M parameters); keeping it exact keeps embeddings meaningful
+
+
+def _shrink_s3gen(s3gen: S3Gen) -> None:
+    """Replace the heavy parts (conformer encoder, flow estimator, HiFiGAN) with narrow, shallow versions."""
+    s3gen.flow.encoder = UpsampleConformerEncoder(
+        output_size=512, attention_heads=8, linear_units=256, num_blocks=1, dropout_rate=0.0,
+        positional_dropout_rate=0.0, attention_dropout_rate=0.0, normalize_before=True, input_layer="linear",
+        pos_enc_layer_type="rel_pos_espnet", selfattention_layer_type="rel_selfattn", input_size=512,
+        use_cnn_module=False, macaron_style=False,
+    )
+    s3gen.flow.decoder.estimator = ConditionalDecoder(
+        in_channels=320, out_channels=80, causal=True, channels=[64], dropout=0.0, attention_head_dim=32,
+        n_blocks=1, num_mid_blocks=1, num_heads=2, act_fn="gelu",
+    )
+    s3gen.mel2wav = HiFTGenerator(
+        sampling_rate=S3GEN_SR, base_channels=64, upsample_rates=[8, 5, 3], upsample_kernel_sizes=[16, 11, 7],
+        source_resblock_kernel_sizes=[7, 7, 11], source_resblock_dilation_sizes=[[1, 3, 5]] * 3,
+        f0_predictor=ConvRNNF0Predictor(),
+    )
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
