@@ -1,0 +1,73 @@
+"""Synthetic checkpoints: chatterbox's real module classes with random weights, in the official file layout.
+
+Model weights cannot be downloaded in our CI, so every loading and synthesis path is exercised on checkpoints
+written here. `full` has the real dimensions (same compute as the released model); `tiny` keeps the classes at
+a fraction of the size. The default voice (`conds.pt`) is computed from a real speech recording
+(`assets/reference.wav`) through chatterbox's own `ChatterboxTTS.prepare_conditionals`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from app.engine.chatterbox.arch import Size, build_s3gen, build_t3, build_voice_encoder
+
+REFERENCE_WAV = Path(__file__).parent / "assets" / "reference.wav"
+SYNTHETIC_MARKER = "synthetic.json"
+
+# Chatterbox's English tokenizer: [STOP]=0 (stop_text_token) and [START]=255 (start_text_token) are the ids T3
+# uses; text is encoded character by character with spaces replaced by [SPACE].
+_SPECIALS = {"[STOP]": 0, "[UNK]": 1, "[SPACE]": 2, "[PAD]": 3, "[SEP]": 4, "[CLS]": 5, "[MASK]": 6,
+             "[START]": 255}
+_CHARACTERS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+               ".,!?;:'\"-()&%$#@/*+=<>[]_~`^|\\{}…—–’‘“”")
+
+
+def build_tokenizer() -> Tokenizer:
+    vocab = dict(_SPECIALS)
+    free_ids = (i for i in range(7, 1000) if i != _SPECIALS["[START]"])
+    for char in _CHARACTERS:
+        vocab[char] = next(free_ids)
+    for unused in range(len(vocab) - 1, _SPECIALS["[START]"]):  # no holes below [START]
+        vocab[f"[UNUSED{unused}]"] = unused
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer.add_special_tokens(list(_SPECIALS))
+    return tokenizer
+
+
+def _save_weights(module: torch.nn.Module, path: Path) -> None:
+    # safetensors refuses shared or non-contiguous storage; weights are saved as independent copies.
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in module.state_dict().items()}
+    save_file(state, str(path))
+
+
+def _write_default_voice(directory: Path) -> None:
+    from chatterbox.tts import ChatterboxTTS
+
+    from app.engine.chatterbox.loader import load_models
+
+    models_ = load_models(str(directory), device="cpu", require_conds=False)
+    tts = ChatterboxTTS(models_.t3, models_.s3gen, models_.ve, models_.tokenizer, "cpu")
+    tts.prepare_conditionals(str(REFERENCE_WAV), exaggeration=0.5)
+    tts.conds.save(directory / "conds.pt")
+
+
+def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
+    """Write ve/t3_cfg/s3gen safetensors, tokenizer.json and conds.pt (plus synthetic.json) to `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        _save_weights(build_voice_encoder(size), directory / "ve.safetensors")
+        _save_weights(build_t3(size), directory / "t3_cfg.safetensors")
+        _save_weights(build_s3gen(size), directory / "s3gen.safetensors")
+    build_tokenizer().save(str(directory / "tokenizer.json"))
+    (directory / SYNTHETIC_MARKER).write_text(json.dumps({"size": size, "seed": seed, "chatterbox_tts": "0.1.7"}))
+    _write_default_voice(directory)
+    return directory

@@ -1,0 +1,252 @@
+"""The Chatterbox engine: T3 speech tokens, decoded to PCM by streaming S3Gen while T3 keeps generating.
+
+Each `step()`:
+1. admits waiting requests (T3 prefill of voice conditioning + text) while rows are free,
+2. runs one batched T3 decode step over every running sequence (tokens stay on the device),
+3. reads tokens back only when some sequence is due for audio or every `sync_every` steps (stop detection),
+4. decodes due sequences' new tokens to PCM with S3Gen, most urgent first.
+
+Conditionals travel with each request; nothing voice-specific is stored on shared modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.engine.base import Engine
+from app.engine.chatterbox.loader import ChatterboxModels, load_models
+from app.engine.chatterbox.s3gen_stream import S3GenStreamer
+from app.engine.chatterbox.t3 import T3Decoder
+from app.engine.scheduler import Scheduler, Sequence
+from app.engine.types import EngineError, EngineInfo, EngineOutput, EngineRequest
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SPEECH_VOCAB = 6561  # real speech codes; 6561/6562 are start/stop
+STOP_SPEECH_TOKEN = 6562
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+class ChatterboxEngine(Engine):
+    def __init__(self, models: ChatterboxModels, device: str = "cpu", dtype: str = "float32",
+                 max_batch: int = 64, cfm_steps: int = 10, left_context: int = 50,
+                 first_audio_tokens: int = 10, audio_chunk_tokens: int = 40, max_new_tokens: int = 1000,
+                 enable_optimizations: bool = True, compile_mode: str | None = None, watermark: bool = False):
+        self.models = models
+        self.device = device
+        self.first_audio_tokens = first_audio_tokens
+        self.audio_chunk_tokens = audio_chunk_tokens
+        self.max_new_tokens = max_new_tokens
+        self.enable_optimizations = enable_optimizations and device.startswith("cuda")
+        self.decoder = T3Decoder(models.t3, max_batch=max_batch, device=device, dtype=getattr(torch, dtype),
+                                 enable_cuda_graphs=self.enable_optimizations,
+                                 compile_mode=compile_mode if self.enable_optimizations else None)
+        self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=left_context)
+        self.scheduler = Scheduler(max_running=max_batch)
+        # Reading tokens back costs a device sync: on a GPU batch it over several steps.
+        self.sync_every = 8 if device.startswith("cuda") else 1
+        self._unsynced_steps: list[tuple[list[Sequence], torch.Tensor]] = []
+        self.watermarker = _make_watermarker() if watermark else None
+        self.warmup_seconds: float | None = None
+        self.info = EngineInfo(name="chatterbox", device=device, dtype=dtype,
+                               details={"checkpoint": str(models.directory), "size": models.size})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ChatterboxEngine":
+        device = settings.resolved_device
+        models = load_models(settings.checkpoint, device=device)
+        return cls(models, device=device, dtype=settings.resolved_dtype, max_batch=settings.max_batch_size,
+                   cfm_steps=settings.cfm_steps, left_context=settings.s3gen_left_context,
+                   first_audio_tokens=settings.first_audio_tokens, audio_chunk_tokens=settings.audio_chunk_tokens,
+                   max_new_tokens=settings.max_new_tokens, enable_optimizations=settings.enable_optimizations,
+                   compile_mode=settings.compile_mode, watermark=settings.watermark)
+
+    # ---- Engine contract ----------------------------------------------------------------------------------
+
+    def add_request(self, request: EngineRequest) -> None:
+        sequence = Sequence(request)
+        sequence.next_audio_at = self.first_audio_tokens + self.s3gen.lookahead
+        self.scheduler.add(sequence)
+
+    def abort_request(self, request_id: str) -> None:
+        sequence = self.scheduler.remove(request_id)
+        if sequence is not None and sequence.request_id in self.decoder.active:
+            self.decoder.remove(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[EngineOutput]:
+        outputs = self._admit()
+        batch = self.scheduler.decode_batch()
+        if batch:
+            tokens = self.decoder.step([s.request_id for s in batch])
+            for sequence in batch:
+                sequence.unsynced += 1
+            self._unsynced_steps.append((batch, tokens))
+            if self._sync_due(batch):
+                self._sync_tokens()
+            outputs += self._decode_due_audio(batch)
+        return outputs
+
+    # ---- admission (prefill) ------------------------------------------------------------------------------
+
+    def _admit(self) -> list[EngineOutput]:
+        failed = []
+        for sequence in self.scheduler.admit(self._free_sequences()):
+            try:
+                self._prefill(sequence)
+            except EngineError as exc:
+                self.scheduler.remove(sequence.request_id)
+                failed.append(EngineOutput(sequence.request_id, _EMPTY, finished=True, error=exc))
+        return failed
+
+    def _free_sequences(self) -> int:
+        rows_per_sequence = 2  # worst case (CFG); the decoder raises no_capacity if it is wrong
+        return self.decoder.free_rows // rows_per_sequence
+
+    def _prefill(self, sequence: Sequence) -> None:
+        request = sequence.request
+        voice = request.voice if request.voice is not None else self.models.conds
+        text_tokens = self.models.tokenizer.text_to_tokens(request.text)[0].to(self.device)
+        t3_cond = _with_exaggeration(voice.t3, request.settings.exaggeration, self.device)
+        self.decoder.add(request.request_id, t3_cond, text_tokens, request.settings)
+        sequence.state = self.s3gen.open(voice.gen, seed=request.settings.seed)
+
+    # ---- token read-back and stop detection ---------------------------------------------------------------
+
+    def _sync_due(self, batch: list[Sequence]) -> bool:
+        return len(self._unsynced_steps) >= self.sync_every or any(
+            s.generated >= min(s.next_audio_at, self._token_limit(s)) for s in batch)
+
+    def _sync_tokens(self) -> None:
+        steps, self._unsynced_steps = self._unsynced_steps, []
+        values = iter(torch.cat([tokens for _, tokens in steps]).cpu().tolist())  # one device sync
+        for batch, _ in steps:
+            for sequence in batch:
+                self._append_token(sequence, next(values))
+
+    def _append_token(self, sequence: Sequence, token: int) -> None:
+        sequence.unsynced -= 1
+        if sequence.finished:
+            return
+        fixed = sequence.request.settings.fixed_tokens
+        if token == STOP_SPEECH_TOKEN and fixed is None:
+            sequence.finished = True
+            return
+        sequence.tokens.append(token)
+        if len(sequence.tokens) >= self._token_limit(sequence):
+            sequence.finished = True
+
+    def _token_limit(self, sequence: Sequence) -> int:
+        settings = sequence.request.settings
+        return settings.fixed_tokens or min(settings.max_new_tokens, self.max_new_tokens)
+
+    # ---- audio --------------------------------------------------------------------------------------------
+
+    def _decode_due_audio(self, batch: list[Sequence]) -> list[EngineOutput]:
+        outputs = []
+        for sequence in batch:  # already in urgency order
+            if not (sequence.finished or len(sequence.tokens) >= sequence.next_audio_at):
+                continue
+            try:
+                outputs.append(self._decode_audio(sequence))
+            except Exception as exc:  # one request's decode failure must not touch the others
+                log.exception("S3Gen decode failed for %s", sequence.request_id)
+                self.abort_request(sequence.request_id)
+                error = EngineError("engine_error", f"audio decode failed: {exc}")
+                outputs.append(EngineOutput(sequence.request_id, _EMPTY, finished=True, error=error))
+        return outputs
+
+    def _decode_audio(self, sequence: Sequence) -> EngineOutput:
+        speech = torch.tensor([t for t in sequence.tokens if t < SPEECH_VOCAB], dtype=torch.long)
+        if sequence.finished:
+            pcm = self.s3gen.decode(sequence.state, speech, finalize=True) if len(speech) else _EMPTY
+            self.abort_request(sequence.request_id)  # frees its rows
+        else:
+            pcm = self.s3gen.decode(sequence.state, speech, finalize=False)
+            sequence.next_audio_at = len(sequence.tokens) + self.audio_chunk_tokens
+        if self.watermarker is not None and len(pcm):
+            pcm = self.watermarker.apply_watermark(pcm, sample_rate=24_000).astype(np.float32)
+        sequence.samples_emitted += len(pcm)
+        return EngineOutput(sequence.request_id, pcm, finished=sequence.finished,
+                            speech_tokens=len(sequence.tokens))
+
+    # ---- voices -------------------------------------------------------------------------------------------
+
+    def default_voice(self) -> Any:
+        if self.models.conds is None:
+            raise EngineError("unknown_voice", "this checkpoint has no built-in voice (conds.pt)")
+        return self.models.conds
+
+    @torch.inference_mode()
+    def embed_voice(self, wav: np.ndarray, sample_rate: int) -> Any:
+        return conditionals_from_wav(self.models, wav, sample_rate, self.device)
+
+    def save_voice(self, voice: Any, path: str) -> None:
+        voice.save(path)
+
+    def load_voice(self, path: str) -> Any:
+        from chatterbox.tts import Conditionals
+
+        return Conditionals.load(path, map_location="cpu").to(self.device)
+
+    # ---- warm-up and status -------------------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        started = time.perf_counter()
+        self.decoder.warmup()
+        self._warm_s3gen()
+        self.warmup_seconds = time.perf_counter() - started
+
+    def _warm_s3gen(self) -> None:
+        stream = self.s3gen.open(self.default_voice().gen, seed=0)
+        tokens = torch.zeros(self.first_audio_tokens + self.s3gen.lookahead, dtype=torch.long)
+        self.s3gen.decode(stream, tokens, finalize=False)
+
+    def optimization_status(self) -> dict[str, Any]:
+        return {**self.info.as_dict(), "t3": self.decoder.status(), "warmup_seconds": self.warmup_seconds,
+                "s3gen": {"cfm_steps": self.s3gen.cfm_steps, "left_context_tokens": self.s3gen.left_context,
+                          "vocoder_overlap_frames": self.s3gen.vocoder_overlap},
+                "first_audio_tokens": self.first_audio_tokens, "audio_chunk_tokens": self.audio_chunk_tokens,
+                "queue_depth": self.scheduler.queue_depth, "running": len(self.scheduler.running)}
+
+
+def _with_exaggeration(cond: Any, exaggeration: float, device: str) -> Any:
+    """A copy of the voice's T3 conditioning with this request's exaggeration (the voice stays untouched)."""
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+    return T3Cond(speaker_emb=cond.speaker_emb, cond_prompt_speech_tokens=cond.cond_prompt_speech_tokens,
+                  emotion_adv=exaggeration * torch.ones(1, 1, 1)).to(device=device)
+
+
+def conditionals_from_wav(models: ChatterboxModels, wav: np.ndarray, sample_rate: int, device: str) -> Any:
+    """chatterbox's `prepare_conditionals`, as a pure function of the recording (nothing stored on models)."""
+    import librosa
+    from chatterbox.models.s3gen import S3GEN_SR
+    from chatterbox.models.s3tokenizer import S3_SR
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+    from chatterbox.tts import ChatterboxTTS, Conditionals
+
+    wav = np.asarray(wav, dtype=np.float32)
+    wav_24k = librosa.resample(wav, orig_sr=sample_rate, target_sr=S3GEN_SR) if sample_rate != S3GEN_SR else wav
+    wav_16k = librosa.resample(wav_24k, orig_sr=S3GEN_SR, target_sr=S3_SR)
+    gen = models.s3gen.embed_ref(wav_24k[: ChatterboxTTS.DEC_COND_LEN], S3GEN_SR, device=device)
+    prompt_len = models.t3.hp.speech_cond_prompt_len
+    prompt_tokens, _ = models.s3gen.tokenizer.forward([wav_16k[: ChatterboxTTS.ENC_COND_LEN]], max_len=prompt_len)
+    speaker = torch.from_numpy(models.ve.embeds_from_wavs([wav_16k], sample_rate=S3_SR)).mean(0, keepdim=True)
+    t3_cond = T3Cond(speaker_emb=speaker, cond_prompt_speech_tokens=torch.atleast_2d(prompt_tokens),
+                     emotion_adv=0.5 * torch.ones(1, 1, 1)).to(device=device)
+    return Conditionals(t3_cond, gen)
+
+
+def _make_watermarker() -> Any:
+    import perth
+
+    return perth.PerthImplicitWatermarker()
