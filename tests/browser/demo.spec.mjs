@@ -1,0 +1,219 @@
+// Drives the demo page (static/index.html) against a running server in headless Chromium.
+//
+//   node tests/browser/demo.spec.mjs --url http://127.0.0.1:8000/ --out var/screenshots
+//
+// Streams a simulated LLM reply, checks that audio really reached the AudioWorklet and that the figures and
+// the timeline filled in, barges in with Stop (keyboard), speaks a whole text, downloads the session WAV,
+// and saves desktop and phone screenshots. Prints one JSON line (the summary) on success; exits 1 on failure.
+
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+
+const { values: options } = parseArgs({
+  options: {
+    url: { type: 'string' },
+    out: { type: 'string', default: 'var/screenshots' },
+    chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
+    timeout: { type: 'string', default: '20000' },
+  },
+});
+assert.ok(options.url, '--url is required');
+const WAIT_MS = Number(options.timeout);
+const DESKTOP = { width: 1280, height: 900 };
+const PHONE = { width: 390, height: 844 };
+
+function log(message) {
+  process.stderr.write(`[demo.spec] ${message}\n`);
+}
+
+async function waitForDemo(page, description, predicate, arg) {
+  try {
+    await page.waitForFunction(predicate, arg, { timeout: WAIT_MS, polling: 50 });
+  } catch (error) {
+    const state = await page.evaluate(() => {
+      const { events, ...rest } = window.__demo;
+      return { ...rest, lastEvents: events.slice(-8).map((e) => e.type) };
+    });
+    throw new Error(`timed out waiting for ${description}; __demo = ${JSON.stringify(state)}`);
+  }
+}
+
+const demoState = (page) => page.evaluate(() => ({ ...window.__demo, events: undefined }));
+
+async function checkAccessibility(page) {
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
+    .filter((e) => e.type !== 'hidden' && !e.labels?.length && !e.getAttribute('aria-label'))
+    .map((e) => e.id || e.outerHTML));
+  assert.deepEqual(unlabelled, [], 'every form control has a label');
+  const clickableDivs = await page.evaluate(() => document.querySelectorAll('div[onclick], span[onclick], [role="button"]:not(button)').length);
+  assert.equal(clickableDivs, 0, 'controls are real buttons');
+  const liveRegions = await page.evaluate(() => document.querySelectorAll('[aria-live]').length);
+  assert.ok(liveRegions >= 2, 'figures and status are announced through aria-live regions');
+
+  // Keyboard order: the text box, the speed slider, the voice picker, then Speak.
+  await page.evaluate(() => document.activeElement?.blur());
+  const visited = [];
+  for (let i = 0; i < 30; i++) {
+    await page.keyboard.press('Tab');
+    visited.push(await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName));
+  }
+  const order = ['text', 'rate', 'voice', 'speak'].map((id) => visited.indexOf(id));
+  assert.ok(order.every((index, i) => index >= 0 && (i === 0 || index > order[i - 1])),
+    `Tab reaches text, speed, voice and Speak in order (visited: ${visited.join(' ')})`);
+  return visited;
+}
+
+async function setRange(page, id, value) {
+  await page.evaluate(([inputId, v]) => {
+    const input = document.getElementById(inputId);
+    input.value = String(v);
+    input.dispatchEvent(new Event('input', { bubbles: true }));
+  }, [id, value]);
+}
+
+async function streamSimulatedLlm(page) {
+  await page.getByLabel('as a simulated LLM stream', { exact: false }).check();
+  await setRange(page, 'rate', 30);
+  await page.getByRole('button', { name: 'Speak' }).click();
+  await waitForDemo(page, 'audio in the worklet, figures and a finished chunk', () => {
+    const d = window.__demo;
+    return d.samplesReceived > 0 && d.samplesPlayed > 0 && d.ttfaMs != null && d.rtf != null
+      && d.chunks.some((c) => c.state === 'done');
+  });
+  const state = await demoState(page);
+  assert.equal(state.utteranceState, 'streaming', 'the simulated LLM is still streaming when Stop is pressed');
+  assert.ok(state.framesReceived > 0, 'binary audio frames arrived');
+  const figures = await page.evaluate(() => ({
+    ttfa: document.getElementById('fig-ttfa').textContent,
+    rtf: document.getElementById('fig-rtf').textContent,
+    chunks: document.querySelectorAll('#chunks li').length,
+    chunkText: document.querySelector('#chunks li .chunk-text')?.textContent ?? '',
+    chunkMeta: document.querySelector('#chunks li .chunk-meta')?.textContent ?? '',
+  }));
+  assert.match(figures.ttfa, /^\d+ ms$/, 'time to first audio shows a number');
+  assert.match(figures.rtf, /^\d+\.\d\d×$/, 'real-time factor shows a number');
+  assert.ok(figures.chunks >= 1 && figures.chunkText.length > 0, 'the timeline lists the chunk texts');
+  assert.match(figures.chunkMeta, /audio \d+\.\d\d–\d+\.\d\d s/, 'a chunk shows the audio span it produced');
+  return { state, figures };
+}
+
+async function bargeIn(page) {
+  const utteranceId = await page.evaluate(() => window.__demo.events.findLast((e) => e.type === 'started').context_id);
+  const stop = page.getByRole('button', { name: 'Stop' });
+  await stop.focus();
+  await page.keyboard.press('Enter');
+  await waitForDemo(page, 'the cancelled event and silent playback', (id) => {
+    const d = window.__demo;
+    return d.events.some((e) => e.type === 'cancelled' && e.context_id === id)
+      && d.playbackState === 'idle' && d.bufferedMs === 0 && d.level === 0;
+  }, utteranceId);
+  const before = await page.evaluate(() => ({ played: window.__demo.samplesPlayed, received: window.__demo.samplesReceived,
+    sent: document.getElementById('transcript').textContent.length }));
+  await page.waitForTimeout(400);
+  const after = await page.evaluate(() => ({ played: window.__demo.samplesPlayed, received: window.__demo.samplesReceived,
+    sent: document.getElementById('transcript').textContent.length, level: window.__demo.level,
+    status: document.getElementById('status-line').textContent }));
+  assert.equal(after.played, before.played, 'nothing plays after Stop');
+  assert.equal(after.received, before.received, 'no audio of the cancelled context reaches the worklet');
+  assert.equal(after.sent, before.sent, 'the simulated LLM stopped sending tokens');
+  assert.equal(after.level, 0, 'the output is silent');
+  return { utteranceId, ...after };
+}
+
+async function speakWholeText(page) {
+  await page.getByLabel('all at once', { exact: false }).check();
+  await page.getByLabel('Text to speak').fill('Short and sweet. The whole text goes in one message.');
+  const playedBefore = await page.evaluate(() => window.__demo.samplesPlayed);
+  await page.getByRole('button', { name: 'Speak' }).click();
+  await waitForDemo(page, 'the done event and playback of the whole text', (before) => {
+    const d = window.__demo;
+    return d.utteranceState === 'done' && d.samplesPlayed > before && d.chunks.length > 0
+      && d.chunks.every((c) => c.state === 'done');
+  }, playedBefore);
+  return demoState(page);
+}
+
+async function downloadSessionWav(page, outDir) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download WAV' }).click()]);
+  const file = path.join(outDir, 'demo-session.wav');
+  await download.saveAs(file);
+  const wav = fs.readFileSync(file);
+  assert.equal(wav.toString('ascii', 0, 4), 'RIFF');
+  assert.equal(wav.toString('ascii', 8, 12), 'WAVE');
+  assert.equal(wav.readUInt32LE(24), 24000, 'the WAV is at the stream rate');
+  const seconds = wav.readUInt32LE(40) / 2 / 24000;
+  assert.ok(seconds > 0.2, `the WAV holds the session audio (${seconds.toFixed(2)} s)`);
+  return { file, seconds };
+}
+
+async function screenshots(page, outDir) {
+  const desktop = path.join(outDir, 'demo.png');
+  await page.screenshot({ path: desktop, fullPage: true });
+  await page.setViewportSize(PHONE);
+  await page.waitForTimeout(200);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no horizontal scrolling on a phone-sized screen (overflow ${overflow}px)`);
+  const phone = path.join(outDir, 'demo-phone.png');
+  await page.screenshot({ path: phone, fullPage: true });
+  return { desktop, phone };
+}
+
+async function main() {
+  fs.mkdirSync(options.out, { recursive: true });
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'cbr-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: options.chromium,
+    headless: true,
+    viewport: DESKTOP,
+    acceptDownloads: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'],
+  });
+  const problems = [];
+  try {
+    const page = context.pages()[0] ?? await context.newPage();
+    page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+    page.on('console', (message) => {
+      // The voice library route may not exist on this server: the page shows just "default" then.
+      const allowed = /\/v1\/voices$/.test(message.location().url) && /404/.test(message.text());
+      if (message.type() === 'error' && !allowed) problems.push(`console: ${message.text()} (${message.location().url})`);
+    });
+
+    log(`opening ${options.url}`);
+    await page.goto(options.url);
+    await page.waitForSelector('#connection[data-state="open"]', { timeout: WAIT_MS });
+    await waitForDemo(page, 'the voice list', () => window.__demo.voicesAvailable !== null);
+    const voices = await page.locator('#voice option').evaluateAll((options) => options.map((o) => o.value));
+    assert.ok(voices.includes('default'), 'the voice picker offers the default voice');
+    const tabOrder = await checkAccessibility(page);
+
+    log('simulated LLM stream');
+    const llm = await streamSimulatedLlm(page);
+    log('barge-in with Stop');
+    const stop = await bargeIn(page);
+    log('whole text');
+    const whole = await speakWholeText(page);
+    log('download');
+    const wav = await downloadSessionWav(page, options.out);
+    const text = await page.evaluate(() => document.body.innerText);
+    const figures = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll('.figure')]
+      .map((f) => [f.querySelector('dt').textContent, f.querySelector('dd').textContent.trim()])));
+    const shots = await screenshots(page, options.out);
+    assert.deepEqual(problems, [], 'no errors in the page');
+    const summary = { ok: true, voices, tabOrder, llm, stop, whole, wav, figures, screenshots: shots, text,
+      engine: await page.locator('#engine').textContent() };
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().catch((error) => {
+  process.stderr.write(`[demo.spec] FAILED: ${error.stack ?? error}\n`);
+  process.exit(1);
+});
