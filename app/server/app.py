@@ -1,0 +1,161 @@
+"""The Starlette app and the process around it.
+
+`create_app` builds an app whose state (settings, engine, worker, voices, metrics, runtime) lives on
+`app.state`, so route modules can be added without globals. `serve` runs it under uvicorn with its own signal
+handling: SIGTERM/SIGINT start a drain (no new connections or contexts, /ready 503, open contexts finish up to
+drain_timeout_s, then 1001) instead of uvicorn's immediate 1012 close; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from app.engine.base import Engine
+from app.engine.factory import build_engine
+from app.engine.worker import EngineWorker
+from app.metrics import Metrics
+from app.server import ops
+from app.server.auth import ApiKeyMiddleware
+from app.server.runtime import Runtime
+from app.server.stream import stream_endpoint
+from app.settings import Settings
+from app.voices.library import VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+SHUTDOWN_GRACE_S = 3.0  # uvicorn's own wait after our drain; by then nothing should be left
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
+    """`engine` is injectable for tests; by default the lifespan builds the one the settings name."""
+    routes: list[BaseRoute] = [*ops.routes, WebSocketRoute("/v1/stream", stream_endpoint)]
+    public_paths = {"/health"}
+    if (STATIC_DIR / "index.html").is_file():
+        routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
+        public_paths |= _static_paths(STATIC_DIR)
+    app = Starlette(routes=routes, lifespan=_lifespan,
+                    middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key,
+                                           is_public=public_paths.__contains__)])
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.metrics = Metrics()
+    app.state.runtime = Runtime(settings.chunk_size)
+    return app
+
+
+def _static_paths(directory: Path) -> set[str]:
+    """URL paths of the demo page's files: public even with an API key (the page itself asks for the key)."""
+    paths = {"/"}
+    for file in directory.rglob("*"):
+        if file.is_file():
+            paths.add("/" + file.relative_to(directory).as_posix())
+    return paths
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    state = app.state
+    settings: Settings = state.settings
+    if state.engine is None:
+        state.engine = await asyncio.to_thread(build_engine, settings)
+    engine: Engine = state.engine
+    state.engine_info = engine.info
+    worker = EngineWorker(engine, on_step=state.metrics.on_step)
+    worker.start()
+    state.worker = worker
+    state.metrics.track_queue_depth(lambda: worker.active_requests)
+    state.voices = VoiceLibrary(
+        root=settings.voices_dir, engine_key=engine.info.name, max_upload_bytes=settings.max_upload_bytes,
+        embed=lambda wav, sample_rate: worker.call(engine.embed_voice, wav, sample_rate),
+        save=engine.save_voice, load=engine.load_voice, default_voice=await worker.call(engine.default_voice))
+    warmup = asyncio.create_task(_warm_up(state))  # /health answers (and /ready says 503) meanwhile
+    try:
+        yield
+    finally:
+        warmup.cancel()
+        await worker.stop()
+
+
+async def _warm_up(state) -> None:
+    started = time.monotonic()
+    try:
+        await state.worker.call(state.engine.warmup)
+    except Exception as exc:
+        log.exception("engine warm-up failed")
+        state.runtime.mark_failed(f"warm-up failed: {exc}")
+        return
+    elapsed = time.monotonic() - started
+    status = await state.worker.call(state.engine.optimization_status)
+    state.metrics.compile_seconds.set(float(status.get("compile_seconds", elapsed)))
+    state.runtime.mark_ready()
+    log.info("engine %s ready after %.1f s warm-up", state.engine_info.name, elapsed)
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    ping = settings.ping_interval_s or None  # 0 disables keepalive pings
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
+        ws="websockets-sansio", ws_max_size=settings.max_message_bytes, ws_per_message_deflate=False,
+        ws_ping_interval=ping, ws_ping_timeout=ping, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose stop signals drain the app first (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]):
+        super().__init__(config)
+        self._drain = drain
+        self._drain_task: asyncio.Task | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Unlike uvicorn's, this does not re-raise the signal afterwards: a drained server exits with 0.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.begin_drain)
+        try:
+            yield
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def begin_drain(self) -> None:
+        if self._drain_task is None:
+            log.info("stop signal: draining")
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_exit())
+        else:
+            log.warning("second stop signal: exiting now")
+            self.should_exit = self.force_exit = True
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self.should_exit = True
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(app, settings),
+                            drain=lambda: app.state.runtime.drain(settings.drain_timeout_s))
+    server.run()
+    return 0 if server.started else 1

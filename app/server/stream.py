@@ -1,0 +1,571 @@
+"""`/v1/stream`: one WebSocket, many contexts (docs/protocol.md).
+
+Per connection: a receive loop (parses and applies client messages in order), an `Outbox` with one sender task
+(the only writer to the socket, so a slow reader blocks nobody but itself), and an idle watchdog.
+
+Per context: text -> `AdaptiveChunker` -> one engine request per chunk, submitted as soon as the chunk exists
+(chunks of a context may synthesize concurrently) -> an emitter task that encodes each chunk's audio strictly in
+chunk order into the outbox. Timing stats are taken when frames are actually handed to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+from starlette.websockets import WebSocket
+
+from app.audio.encode import SAMPLE_RATES, STREAM_ENCODINGS, StreamEncoder
+from app.engine.types import EngineError, EngineRequest, GenerationSettings
+from app.engine.worker import EngineWorker, RequestHandle
+from app.metrics import Metrics
+from app.server import protocol as p
+from app.server.auth import accepted_subprotocol
+from app.server.runtime import GOING_AWAY, Runtime
+from app.server.stats import ChunkTimes, ContextTimes, PlaybackClock
+from app.settings import Settings
+from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
+from app.voices.library import VoiceError
+
+log = logging.getLogger(__name__)
+
+FRAME_SECONDS = 0.1  # longest audio frame: fine-grained enough for prompt cancels and honest pacing stats
+SPEECH_CHARS_PER_SECOND = 15.0  # rough speaking rate, to estimate when not-yet-synthesized audio will play
+WATCHDOG_TICK_S = 0.25
+CLOSE_WAIT_S = 2.0  # how long a close waits for queued frames to reach a client that has stopped reading
+NORMAL_CLOSURE = 1000
+TRY_AGAIN_LATER = 1013
+
+_FLUSH = "flush"
+_END = "end"
+
+
+@dataclass
+class Services:
+    """What a connection needs from the app (all of it lives on `app.state`)."""
+
+    settings: Settings
+    runtime: Runtime
+    worker: EngineWorker
+    engine_info: dict[str, Any]
+    sample_rate: int
+    voices: Any  # app.voices.library.VoiceLibrary
+    metrics: Metrics
+    base_generation: GenerationSettings
+
+    @classmethod
+    def from_state(cls, state: Any) -> "Services":
+        return cls(settings=state.settings, runtime=state.runtime, worker=state.worker,
+                   engine_info=state.engine_info.as_dict(), sample_rate=state.engine_info.sample_rate,
+                   voices=state.voices, metrics=state.metrics,
+                   base_generation=GenerationSettings(max_new_tokens=state.settings.max_new_tokens))
+
+
+async def stream_endpoint(websocket: WebSocket) -> None:
+    await Connection(websocket, Services.from_state(websocket.app.state)).serve()
+
+
+# ---- the send side ------------------------------------------------------------------------------------------
+
+Payload = str | bytes | Callable[[], str]  # a callable builds its event when sent (stats known by then)
+
+
+@dataclass
+class _Item:
+    payload: Payload
+    owner: Any = None  # the context it belongs to; `purge` drops a context's items
+    on_sent: Callable[[float], None] | None = None
+
+
+@dataclass
+class _Close:
+    code: int
+    reason: str
+
+
+class Outbox:
+    """The connection's send queue. Producers never wait; one sender task writes in order, so a client that
+    stops reading blocks only its own connection."""
+
+    def __init__(self, websocket: WebSocket):
+        self._ws = websocket
+        self._items: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self.finished = asyncio.Event()
+
+    def send(self, payload: Payload, owner: Any = None, on_sent: Callable[[float], None] | None = None) -> None:
+        """Queue a message; `on_sent(now)` runs once it has been handed to the socket."""
+        if not self._closing:
+            self._items.append(_Item(payload, owner, on_sent))
+            self._wakeup.set()
+
+    def purge(self, owner: Any) -> None:
+        self._items = deque(item for item in self._items if item.owner is not owner)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after everything queued so far is sent; later sends are ignored."""
+        self.send(_Close(code, reason))  # type: ignore[arg-type]
+        self._closing = True
+
+    async def run(self) -> None:
+        try:
+            while True:
+                while not self._items:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                item = self._items.popleft()
+                if isinstance(item.payload, _Close):
+                    await self._ws.close(item.payload.code, item.payload.reason)
+                    return
+                await self._write(item)
+        except Exception as exc:  # the client went away: the receive loop sees the disconnect and cleans up
+            log.debug("sender stopped: %r", exc)
+        finally:
+            self.finished.set()
+
+    async def _write(self, item: _Item) -> None:
+        payload = item.payload() if callable(item.payload) else item.payload
+        if isinstance(payload, bytes):
+            await self._ws.send_bytes(payload)
+        else:
+            await self._ws.send_text(payload)
+        if item.on_sent is not None:
+            item.on_sent(time.monotonic())
+
+
+# ---- one chunk ----------------------------------------------------------------------------------------------
+
+class ChunkJob:
+    """One text chunk: its engine request and the PCM pieces received so far (in order, `None` at the end)."""
+
+    def __init__(self, chunk: TextChunk, times: ChunkTimes):
+        self.chunk = chunk
+        self.times = times
+        self.pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self.error: EngineError | None = None
+        self.speech_tokens = 0
+        self.queued_s = 0.0  # audio seconds of this chunk put into the outbox
+        self._handle: RequestHandle | None = None
+        self._reader: asyncio.Task | None = None
+
+    def start(self, handle: RequestHandle) -> None:
+        self._handle = handle
+        self._reader = asyncio.create_task(self._collect(handle))
+
+    def finish_empty(self) -> None:
+        """A chunk with nothing to speak (punctuation only): no request, no audio."""
+        self.times.last_synthesized = self.times.released
+        self.pieces.put_nowait(None)
+
+    def estimated_unqueued_s(self) -> float:
+        return max(0.0, len(self.chunk.speak_text) / SPEECH_CHARS_PER_SECOND - self.queued_s)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()  # frees the engine slot before the worker's next step
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _collect(self, handle: RequestHandle) -> None:
+        try:
+            async for output in handle:
+                if output.pcm.size:
+                    self.pieces.put_nowait(output.pcm)
+                self.speech_tokens = max(self.speech_tokens, output.speech_tokens)
+        except EngineError as exc:
+            self.error = exc
+        finally:
+            self.times.last_synthesized = time.monotonic()
+            self.pieces.put_nowait(None)
+
+
+# ---- one context --------------------------------------------------------------------------------------------
+
+class StreamContext:
+    def __init__(self, connection: "Connection", start: p.Start, channel: int, voice: Any, chunk_size: int):
+        self.connection = connection
+        self.services = connection.services
+        self.id = start.context_id
+        self.channel = channel
+        self.start = start
+        self.voice = voice
+        self.chunker = AdaptiveChunker(ChunkerConfig(chunk_size=chunk_size))
+        self.encoder = StreamEncoder(start.output.encoding, start.output.sample_rate,
+                                     source_rate=self.services.sample_rate)
+        sample_bytes = self.encoder.bytes_per_second // start.output.sample_rate
+        self.frame_bytes = max(1, int(start.output.sample_rate * FRAME_SECONDS)) * sample_bytes
+        self.times = ContextTimes()
+        self.clock = PlaybackClock()
+        self.jobs: list[ChunkJob] = []  # released chunks whose audio is not all queued yet
+        self._waiting: deque[tuple[float, float]] = deque()  # (queued at, seconds) of frames not yet sent
+        self._waiting_s = 0.0
+        self.ended = False
+        self.closed = False  # no longer accepts messages (it may still have audio queued)
+        self._dropped = False  # aborted: queued audio was discarded
+        self._plan: asyncio.Queue[ChunkJob | str] = asyncio.Queue()  # chunks and flush/end markers, in order
+        self._last_times: ChunkTimes | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._emitter = asyncio.create_task(self._emit())
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.connection.outbox
+
+    # ---- client messages ------------------------------------------------------------------------------------
+
+    def push_text(self, text: str) -> None:
+        self._refuse_after_end("text")
+        limit = self.services.settings.max_buffered_text
+        if self.unspoken_chars() + len(text) > limit:
+            self.fail("text_too_long", f"more than {limit} characters of unspoken text; context cancelled")
+            return
+        now = time.monotonic()
+        if self.times.first_text is None:
+            self.times.first_text = now
+        self._release(self.chunker.push(text, now, self.buffered_s(now)), now)
+
+    def flush(self) -> None:
+        self._refuse_after_end("flush")
+        now = time.monotonic()
+        self._release(self.chunker.flush(), now)
+        self._plan.put_nowait(_FLUSH)
+
+    def end(self) -> None:
+        self._refuse_after_end("end")
+        self.ended = True
+        now = time.monotonic()
+        self._release(self.chunker.end(), now)
+        self._plan.put_nowait(_END)
+
+    def cancel(self) -> None:
+        self.abort(p.cancelled_event(self.id))
+
+    def _refuse_after_end(self, kind: str) -> None:
+        if self.ended:
+            raise p.ProtocolError("bad_request", f"{kind}: context {self.id!r} has already ended", self.id)
+
+    # ---- chunks and engine requests -------------------------------------------------------------------------
+
+    def unspoken_chars(self) -> int:
+        return self.chunker.pending_chars + sum(len(job.chunk.text) for job in self.jobs)
+
+    def buffered_s(self, now: float) -> float:
+        """Audio the listener has ahead of it: sent but not yet played, plus queued for sending."""
+        return self.clock.buffered_s(now) + self._waiting_s
+
+    def reader_lag_s(self, now: float) -> float:
+        """How long the oldest unsent frame has been overdue: waiting while a listener playing in real time
+        would already need it. Large only when the client reads slower than real time."""
+        if not self._waiting:
+            return 0.0
+        queued_at = self._waiting[0][0]
+        needed_from = max(queued_at, self.clock.dry_at() or queued_at)
+        return max(0.0, now - needed_from)
+
+    def _release(self, chunks: list[TextChunk], now: float) -> None:
+        for chunk in chunks:
+            self._start_chunk(chunk, now)
+        self._schedule_poll()
+
+    def _start_chunk(self, chunk: TextChunk, now: float) -> None:
+        times = ChunkTimes(first_text=chunk.first_text_at or now, released=now)
+        self.times.chunks.append(times)
+        if self.times.first_release is None:
+            self.times.first_release = now
+        job = ChunkJob(chunk, times)
+        if chunk.speak_text.strip():
+            job.start(self.services.worker.submit(self._request(chunk, now)))
+        else:
+            job.finish_empty()
+        self.jobs.append(job)
+        self.outbox.send(p.chunk_started_event(self.id, chunk.index, chunk.text), owner=self)
+        self._plan.put_nowait(job)
+
+    def _request(self, chunk: TextChunk, now: float) -> EngineRequest:
+        return EngineRequest(
+            request_id=f"{self.connection.id}-{self.channel}-{chunk.index}", text=chunk.speak_text,
+            voice=self.voice, settings=self.start.generation, priority=self.start.priority,
+            deadline=self._deadline(now), first_in_context=len(self.times.chunks) == 1, arrival=now)
+
+    def _deadline(self, now: float) -> float:
+        """When the listener runs dry if this chunk has no audio by then: after the audio it has and the
+        estimated audio of earlier chunks still being synthesized."""
+        return now + self.buffered_s(now) + sum(job.estimated_unqueued_s() for job in self.jobs)
+
+    def _schedule_poll(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.chunker.next_deadline()
+        if deadline is not None and not self.closed:
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._poll)
+
+    def _poll(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = time.monotonic()
+        self._release(self.chunker.poll(now, self.buffered_s(now)), now)
+
+    # ---- audio out, in chunk order --------------------------------------------------------------------------
+
+    async def _emit(self) -> None:
+        try:
+            await self._emit_in_order()
+        except Exception as exc:  # a bug here must end this context loudly, not leave it hanging
+            log.exception("context %s failed", self.id)
+            self.fail("internal_error", f"internal error: {exc}")
+
+    async def _emit_in_order(self) -> None:
+        while True:
+            item = await self._plan.get()
+            if item == _FLUSH:
+                self._queue_audio(self.encoder.flush(), self._last_times)
+                self.outbox.send(p.flushed_event(self.id), owner=self)
+            elif item == _END:
+                self._queue_audio(self.encoder.flush(), self._last_times)
+                self.outbox.send(lambda: p.done_event(self.id, self.times.as_stats(self.clock)), owner=self)
+                self._close()
+                return
+            elif not await self._emit_chunk(item):
+                return
+
+    async def _emit_chunk(self, job: ChunkJob) -> bool:
+        while (pcm := await job.pieces.get()) is not None:
+            self._queue_audio(self.encoder.encode(pcm), job.times, job)
+        if job.error is not None:
+            self.fail("engine_error", job.error.message)
+            return False
+        self.services.metrics.speech_tokens.inc(job.speech_tokens)
+        self.jobs.remove(job)
+        self._last_times = job.times
+        self.outbox.send(partial(self._chunk_done_event, job), owner=self)
+        return True
+
+    def _queue_audio(self, data: bytes, times: ChunkTimes | None, job: ChunkJob | None = None) -> None:
+        """Split into frames of at most FRAME_SECONDS and queue them."""
+        if not data or times is None:
+            return
+        now = time.monotonic()
+        for start in range(0, len(data), self.frame_bytes):
+            piece = data[start:start + self.frame_bytes]
+            seconds = len(piece) / self.encoder.bytes_per_second
+            self._waiting.append((now, seconds))
+            self._waiting_s += seconds
+            self.outbox.send(p.audio_frame(self.channel, piece), owner=self,
+                             on_sent=partial(self._on_audio_sent, times, seconds))
+            if job is not None:
+                job.queued_s += seconds
+
+    def _on_audio_sent(self, times: ChunkTimes, seconds: float, now: float) -> None:
+        if self._dropped:  # a frame that was already being written when the context was dropped
+            return
+        self._waiting.popleft()
+        self._waiting_s -= seconds
+        self.connection.last_activity = now
+        if times.first_audio is None:
+            times.first_audio = now
+        times.audio_s += seconds
+        if self.times.first_audio is None:
+            self.times.first_audio = now
+            self.services.metrics.ttfa.observe(now - (self.times.first_text or now))
+        if self.clock.on_frame(now, seconds, times.first_text):
+            self.services.metrics.underruns.inc()
+
+    def _chunk_done_event(self, job: ChunkJob) -> str:
+        stats = job.times.as_stats()
+        if stats["rtf"] is not None:
+            self.services.metrics.rtf.observe(stats["rtf"])
+        return p.chunk_done_event(self.id, job.chunk.index, stats)
+
+    # ---- endings --------------------------------------------------------------------------------------------
+
+    def fail(self, code: str, message: str) -> None:
+        self.services.metrics.errors.labels(code).inc()
+        self.abort(p.error_event(code, message, self.id))
+
+    def abort(self, final_event: str | None) -> None:
+        """Stop at once: abort every in-flight request, drop queued audio, then send `final_event`."""
+        if self.closed:
+            return
+        self._dropped = True
+        for job in self.jobs:
+            job.cancel()
+        self.jobs.clear()
+        self.chunker.clear()
+        self.outbox.purge(self)
+        self._waiting.clear()
+        self._waiting_s = 0.0
+        if final_event is not None:
+            self.outbox.send(final_event)
+        if self._emitter is not asyncio.current_task():
+            self._emitter.cancel()
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.connection.forget(self)
+
+
+# ---- one connection -----------------------------------------------------------------------------------------
+
+class Connection:
+    def __init__(self, websocket: WebSocket, services: Services):
+        self.ws = websocket
+        self.services = services
+        self.id = uuid.uuid4().hex[:12]
+        self.outbox = Outbox(websocket)
+        self.contexts: dict[str, StreamContext] = {}
+        self.last_activity = time.monotonic()
+        self._next_channel = 1
+
+    @property
+    def open_contexts(self) -> int:
+        return len(self.contexts)
+
+    async def serve(self) -> None:
+        await self.ws.accept(subprotocol=accepted_subprotocol(self.ws.scope))
+        refusal = self._refusal()
+        if refusal is not None:
+            await self.ws.close(*refusal)
+            return
+        runtime, metrics = self.services.runtime, self.services.metrics
+        runtime.connections.add(self)
+        metrics.active_connections.inc()
+        sender = asyncio.create_task(self.outbox.run())
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            self.outbox.send(self._ready_event())
+            await self._receive_loop()
+        finally:
+            for context in list(self.contexts.values()):
+                context.abort(None)
+            watchdog.cancel()
+            sender.cancel()
+            runtime.connections.discard(self)
+            metrics.active_connections.dec()
+
+    def _refusal(self) -> tuple[int, str] | None:
+        runtime, settings = self.services.runtime, self.services.settings
+        if runtime.draining:
+            return GOING_AWAY, "server shutting down"
+        if not runtime.ready:
+            return TRY_AGAIN_LATER, "server warming up"
+        if len(runtime.connections) >= settings.max_connections:
+            return TRY_AGAIN_LATER, "too many connections"
+        return None
+
+    def _ready_event(self) -> str:
+        s = self.services.settings
+        limits = {"max_contexts": s.max_contexts_per_connection, "max_buffered_text": s.max_buffered_text,
+                  "max_message_bytes": s.max_message_bytes, "idle_timeout_s": s.idle_timeout_s,
+                  "send_buffer_s": s.send_buffer_s, "encodings": list(STREAM_ENCODINGS),
+                  "sample_rates": list(SAMPLE_RATES), "chunk_size": list(p.CHUNK_SIZE_RANGE)}
+        defaults = {"voice": p.DEFAULT_VOICE, "output": asdict(p.OutputFormat()),
+                    "generation": asdict(self.services.base_generation),
+                    "chunking": {"chunk_size": self.services.runtime.chunk_size}}
+        return p.ready_event(self.services.engine_info, limits, defaults)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close after what is queued (used by the idle watchdog and the drain)."""
+        self.outbox.close(code, reason)
+        try:
+            await asyncio.wait_for(self.outbox.finished.wait(), CLOSE_WAIT_S)
+        except TimeoutError:
+            log.warning("connection %s: client not reading; close %d not delivered", self.id, code)
+
+    def forget(self, context: StreamContext) -> None:
+        if self.contexts.get(context.id) is context:
+            del self.contexts[context.id]
+            self.services.metrics.active_streams.dec()
+            self.services.runtime.contexts_changed()
+
+    def send_error(self, code: str, message: str, context_id: str | None = None) -> None:
+        self.services.metrics.errors.labels(code).inc()
+        self.outbox.send(p.error_event(code, message, context_id))
+
+    # ---- receiving ------------------------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self.last_activity = time.monotonic()
+            if message.get("text") is not None:
+                await self._on_text(message["text"])
+            else:
+                self.send_error("binary_not_supported", "binary frames are not accepted; send JSON text frames")
+
+    async def _on_text(self, raw: str) -> None:
+        try:
+            message = p.parse_message(raw, self.services.base_generation)
+            await self._dispatch(message)
+        except p.ProtocolError as exc:
+            self.send_error(exc.code, exc.message, exc.context_id)
+
+    async def _dispatch(self, message: p.ClientMessage) -> None:
+        if isinstance(message, p.Start):
+            await self._open(message)
+            return
+        context = self.contexts.get(message.context_id)
+        if isinstance(message, p.Text):
+            if context is None:  # text to an unknown context opens it with defaults
+                context = await self._open(p.Start(context_id=message.context_id))
+            context.push_text(message.text)
+            return
+        if context is None:
+            raise p.ProtocolError("unknown_context", f"{message.type}: context {message.context_id!r} is not open",
+                                  message.context_id)
+        {"flush": context.flush, "cancel": context.cancel, "end": context.end}[message.type]()
+
+    async def _open(self, start: p.Start) -> StreamContext:
+        settings, runtime = self.services.settings, self.services.runtime
+        context_id = start.context_id
+        if runtime.draining:
+            raise p.ProtocolError("shutting_down", "the server is shutting down and opens no new contexts",
+                                  context_id)
+        if context_id in self.contexts:
+            raise p.ProtocolError("bad_request", f"start: context {context_id!r} is already open", context_id)
+        if len(self.contexts) >= settings.max_contexts_per_connection:
+            raise p.ProtocolError("too_many_contexts", f"at most {settings.max_contexts_per_connection} open "
+                                                       "contexts per connection", context_id)
+        try:
+            voice = await self.services.voices.conditionals(start.voice)
+        except VoiceError as exc:
+            raise p.ProtocolError(exc.code, exc.message, context_id) from None
+        context = StreamContext(self, start, self._next_channel, voice, start.chunk_size or runtime.chunk_size)
+        self._next_channel += 1
+        self.contexts[context_id] = context
+        self.services.metrics.active_streams.inc()
+        self.outbox.send(p.started_event(context_id, context.channel, start.output))
+        return context
+
+    async def _watchdog(self) -> None:
+        """Every tick: drop contexts whose client reads slower than real time; close the connection when
+        nothing was received or sent for idle_timeout_s."""
+        settings = self.services.settings
+        tick = min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, settings.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for context in list(self.contexts.values()):
+                if context.reader_lag_s(now) > settings.send_buffer_s:
+                    context.fail("slow_consumer", f"the client read too slowly: audio waited more than "
+                                                  f"{settings.send_buffer_s:g} s past its playback time")
+            if now - self.last_activity > settings.idle_timeout_s:
+                self.send_error("idle_timeout", f"nothing sent or received for {settings.idle_timeout_s:g} s")
+                await self.close(NORMAL_CLOSURE, "idle timeout")
+                return

@@ -1,0 +1,22 @@
+"""Shared fixtures. Helpers for starting real servers live in tests/harness.py (`import harness`)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from app.engine.base import Engine
+from harness import RunningServer, make_settings, run_server
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """`server_factory(engine=None, wait_ready=True, **setting_overrides)` starts a server."""
+    with contextlib.ExitStack() as stack:
+        def start(engine: Engine | None = None, wait_ready: bool = True, **overrides: Any) -> RunningServer:
+            return stack.enter_context(run_server(make_settings(tmp_path, **overrides), engine, wait_ready))
+
+        yield start
