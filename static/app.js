@@ -102,6 +102,7 @@ function saveBlob(blob, filename) {
 
 const session = {
   parts: [], total: 0, rate: STREAM_RATE, peaks: [], bucketPeak: 0, bucketFill: 0, utterances: [],
+  skipped: [], // [from, to) sample ranges that Stop dropped before they were heard
 
   append(samples) {
     this.parts.push(samples);
@@ -117,7 +118,7 @@ const session = {
   },
 
   clear() {
-    Object.assign(this, { parts: [], total: 0, peaks: [], bucketPeak: 0, bucketFill: 0, utterances: [] });
+    Object.assign(this, { parts: [], total: 0, peaks: [], bucketPeak: 0, bucketFill: 0, utterances: [], skipped: [] });
   },
 };
 
@@ -215,8 +216,7 @@ const connection = {
   onClosed(event) {
     demo.connected = false;
     this.channels.clear();
-    const reason = event.code === 1006 ? 'connection lost' : `closed ${event.code}${event.reason ? `: ${event.reason}` : ''}`;
-    setConnectionStatus('closed', `Disconnected (${reason})`);
+    setConnectionStatus('closed', `Disconnected (${describeClose(event)})`);
     speaker.onDisconnected();
   },
 
@@ -227,6 +227,12 @@ const connection = {
     return this.ensure();
   },
 };
+
+function describeClose(event) {
+  if (event.code === 1008) return apiKey() ? 'the API key was refused' : 'this server needs an API key';
+  if (event.code === 1006) return 'connection lost';
+  return `closed ${event.code}${event.reason ? `: ${event.reason}` : ''}`;
+}
 
 function setConnectionStatus(state, text) {
   const pill = $('connection');
@@ -381,6 +387,7 @@ const speaker = {
   // Barge-in: cancel server-side generation and fade the local playback out at once.
   stop(reason = 'stop') {
     const utterance = this.current;
+    if (demo.playbackState !== 'idle') session.skipped.push({ from: playheadSamples(), to: session.total });
     player.stop();
     if (!utterance) return;
     clearTimeout(utterance.timer);
@@ -483,7 +490,8 @@ function updateDemoFigures() {
   if (!utterance) return;
   demo.ttfaMs = utterance.firstAudioAt == null ? null : utterance.firstAudioAt - utterance.textSentAt;
   const done = utterance.chunks.filter((c) => c.stats);
-  demo.serverTtfaMs = utterance.stats?.ttfa_ms ?? done[0]?.stats.ttfa_ms ?? null;
+  // The server's share: from the chunk's release (its text complete) to its first audio byte.
+  demo.serverTtfaMs = utterance.stats?.ttfa_from_release_ms ?? done[0]?.stats.ttfa_ms ?? null;
   const synthesisMs = done.reduce((sum, c) => sum + (c.stats.synthesis_ms ?? 0), 0);
   const audioS = done.reduce((sum, c) => sum + (c.stats.audio_s ?? 0), 0);
   demo.rtf = utterance.stats?.rtf ?? (audioS > 0 ? synthesisMs / 1000 / audioS : null);
@@ -503,7 +511,7 @@ const ui = {
 function renderFigures() {
   const utterance = speaker.current;
   setText($('fig-ttfa'), formatMs(demo.ttfaMs));
-  setText($('fig-ttfa-server'), demo.serverTtfaMs == null ? '' : `server: ${formatMs(demo.serverTtfaMs)}`);
+  setText($('fig-ttfa-server'), demo.serverTtfaMs == null ? '' : `${formatMs(demo.serverTtfaMs)} after the text was released`);
   const firstSound = utterance?.firstSoundAt == null ? null : utterance.firstSoundAt - utterance.textSentAt;
   setText($('fig-first-sound'), formatMs(firstSound));
   setText($('fig-rtf'), demo.rtf == null ? '—' : `${demo.rtf.toFixed(2)}×`);
@@ -587,6 +595,11 @@ function renderWaveform() {
   g.clearRect(0, 0, width, height);
   const axisBuckets = (axisSeconds() * session.rate) / PEAK_BUCKET;
   const playedBucket = playheadSamples() / PEAK_BUCKET;
+  const colour = (bucket) => {
+    const sample = bucket * PEAK_BUCKET;
+    if (session.skipped.some((range) => sample >= range.from && sample < range.to)) return '--wave-skipped';
+    return bucket < playedBucket ? '--wave-played' : '--wave';
+  };
   for (let x = 0; x < width; x++) {
     const from = Math.floor((x / width) * axisBuckets);
     const to = Math.max(from + 1, Math.floor(((x + 1) / width) * axisBuckets));
@@ -594,7 +607,7 @@ function renderWaveform() {
     let peak = 0;
     for (let b = from; b < to && b < session.peaks.length; b++) peak = Math.max(peak, session.peaks[b]);
     const h = Math.max(1, peak * height * 0.95);
-    g.fillStyle = from < playedBucket ? style.getPropertyValue('--wave-played') : style.getPropertyValue('--wave');
+    g.fillStyle = style.getPropertyValue(colour(from));
     g.fillRect(x, (height - h) / 2, 1, h);
   }
   g.fillStyle = style.getPropertyValue('--chunk-edge');
@@ -641,8 +654,14 @@ async function loadVoices(selectId) {
     : 'This server has no voice library: the default voice speaks.';
 }
 
+// The library's names are also ids: 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit.
+function voiceId(text) {
+  return text.toLowerCase().normalize('NFKD').replace(/[\u0300-\u036f]/g, '').replace(/[^a-z0-9_-]+/g, '-')
+    .replace(/^[-_]+|-+$/g, '').slice(0, 64);
+}
+
 async function uploadVoice(blob, filename) {
-  const name = $('voice-name').value.trim() || filename.replace(/\.[^.]+$/, '');
+  const name = voiceId($('voice-name').value) || voiceId(filename.replace(/\.[^.]+$/, '')) || 'my-voice';
   const form = new FormData();
   form.append('file', blob, filename);
   form.append('name', name);
@@ -698,6 +717,7 @@ async function finishRecording(blob) {
       audio.getChannelData(c).forEach((v, i) => { mono[i] += v / audio.numberOfChannels; });
     }
     recorder.wav = encodeWav([mono], audio.sampleRate);
+    if (!$('voice-name').value.trim()) $('voice-name').value = `recording-${new Date().toTimeString().slice(0, 8).replace(/:/g, '')}`;
     $('recording-preview').src = URL.createObjectURL(recorder.wav);
     $('recording-preview').hidden = false;
     $('upload-recording').disabled = false;
@@ -746,13 +766,17 @@ function init() {
     if (!text) return announce('Type something to speak first.');
     speaker.speak(text, $('mode-llm').checked ? 'llm' : 'whole').catch((error) => announce(`Could not speak: ${error.message}`));
   });
+  $('text').addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) $('speak-form').requestSubmit();
+  });
   $('stop').addEventListener('click', () => speaker.stop());
   document.addEventListener('keydown', (event) => {
     if (event.key === 'Escape' && !$('stop').disabled) speaker.stop();
   });
   $('download').addEventListener('click', downloadSession);
   $('clear').addEventListener('click', clearSession);
-  $('connect').addEventListener('click', () => {
+  $('connection-form').addEventListener('submit', (event) => {
+    event.preventDefault();
     connection.reconnect().then(() => loadVoices()).catch((error) => announce(`Could not connect: ${error.message}`));
   });
   $('server-details').addEventListener('toggle', async () => {
@@ -772,8 +796,8 @@ function init() {
   $('upload-recording').addEventListener('click', () => uploadVoice(recorder.wav, 'recording.wav'));
   window.addEventListener('resize', () => { ui.dirty = true; });
 
-  connection.ensure().catch((error) => announce(`Could not connect: ${error.message}`));
-  loadVoices();
+  // Voices load once connected: with an API key the first attempt fails, and the voice list would too.
+  connection.ensure().then(() => loadVoices()).catch((error) => announce(`Could not connect: ${error.message}`));
   requestAnimationFrame(renderLoop);
 }
 

@@ -24,6 +24,8 @@ SCREENSHOTS = REPO_ROOT / "var" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 NODE = shutil.which("node")
 SPEC_TIMEOUT_S = 120
+API_KEY = "browser-test-key"
+AUTH = {"X-API-Key": API_KEY}
 
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (the browser tests run on Node.js)")
 needs_chromium = pytest.mark.skipif(
@@ -58,15 +60,19 @@ def test_playback_worklet_units() -> None:
 
 @needs_node
 @needs_chromium
-def test_demo_page_streams_plays_and_barges_in(server_factory) -> None:
+def test_demo_page_streams_plays_and_barges_in(server_factory, tmp_path: Path) -> None:
     assert (BROWSER_TESTS / "node_modules" / "playwright-core").is_dir(), \
         "playwright-core is not installed: run scripts/bootstrap.sh test (npm install in tests/browser)"
-    server = server_factory()
+    server = server_factory(api_key=API_KEY)  # the page is public; its socket and fetches carry the key
     for stale in ("demo.png", "demo-phone.png"):
         (SCREENSHOTS / stale).unlink(missing_ok=True)
 
+    reference = tmp_path / "reference.wav"  # uploaded through the page when the server has a voice library
+    subprocess.run(["espeak-ng", "-w", str(reference), "A short reference recording for the voice library."],
+                   check=True, timeout=30)
+
     result = run_node("demo.spec.mjs", "--url", server.base_url + "/", "--out", str(SCREENSHOTS),
-                      "--chromium", CHROMIUM)
+                      "--chromium", CHROMIUM, "--voice-file", str(reference), "--api-key", API_KEY)
     assert result.returncode == 0, result.stderr[-6000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -79,12 +85,16 @@ def test_demo_page_streams_plays_and_barges_in(server_factory) -> None:
     assert summary["stop"]["level"] == 0
     assert summary["whole"]["utteranceState"] == "done"
     assert summary["wav"]["seconds"] > 0.2
+    voices = server.get("/v1/voices", headers=AUTH)
+    if voices.status_code == 200:
+        listed = [voice["id"] for voice in voices.json()["voices"]]
+        assert summary["voiceLibrary"]["uploaded"] in listed, "the page's upload reached the voice library"
 
     text = summary["text"]
     for label in ("Time to first audio", "Real-time factor", "Buffered audio", "Underruns", "Timeline",
                   "Speak", "Stop", "Download WAV", "Voice", "simulated LLM stream"):
         assert label in text, f"{label!r} missing from the page"
-    served = server.get("/optimization-status").json()["engine"]
+    served = server.get("/optimization-status", headers=AUTH).json()["engine"]
     assert served["engine"] in summary["engine"] and served["device"] in summary["engine"]
     spoken_chunk = next(chunk["text"] for chunk in summary["whole"]["chunks"])
     assert spoken_chunk.strip() in text, "the timeline shows the chunk texts"

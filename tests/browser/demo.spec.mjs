@@ -19,6 +19,8 @@ const { values: options } = parseArgs({
     out: { type: 'string', default: 'var/screenshots' },
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
     timeout: { type: 'string', default: '20000' },
+    'voice-file': { type: 'string' },
+    'api-key': { type: 'string' }, // the server's key: the page must first say it needs one, then use it // a reference recording to upload when the server has a voice library
   },
 });
 assert.ok(options.url, '--url is required');
@@ -44,6 +46,13 @@ async function waitForDemo(page, description, predicate, arg) {
 
 const demoState = (page) => page.evaluate(() => ({ ...window.__demo, events: undefined }));
 
+async function enterApiKey(page) {
+  await page.waitForSelector('#connection[data-state="closed"]', { timeout: WAIT_MS });
+  assert.match(await page.locator('#connection').textContent(), /needs an API key/);
+  await page.getByLabel(/API key/).fill(options['api-key']);
+  await page.getByLabel(/API key/).press('Enter');
+}
+
 async function checkAccessibility(page) {
   const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
     .filter((e) => e.type !== 'hidden' && !e.labels?.length && !e.getAttribute('aria-label'))
@@ -67,6 +76,25 @@ async function checkAccessibility(page) {
   return visited;
 }
 
+// With a voice library: upload a reference file and expect it in the picker. Without: the page says so.
+async function checkVoices(page) {
+  const available = await page.evaluate(() => window.__demo.voicesAvailable);
+  if (!available) {
+    assert.ok(await page.getByRole('button', { name: 'Upload file' }).isDisabled(), 'uploads are disabled without a voice library');
+    assert.match(await page.locator('#voice-note').textContent(), /no voice library/);
+    return { available, uploaded: null };
+  }
+  if (!options['voice-file']) return { available, uploaded: null };
+  const name = `browser-test-${Date.now().toString(36)}`;
+  await page.getByLabel('Voice name').fill(name);
+  await page.getByLabel(/Audio file/).setInputFiles(options['voice-file']);
+  await page.getByRole('button', { name: 'Upload file' }).click();
+  await page.waitForSelector(`#voice option[value="${name}"]`, { state: 'attached', timeout: WAIT_MS });
+  assert.equal(await page.locator('#voice').inputValue(), name, 'the uploaded voice is selected');
+  await page.locator('#voice').selectOption('default');
+  return { available, uploaded: name };
+}
+
 async function setRange(page, id, value) {
   await page.evaluate(([inputId, v]) => {
     const input = document.getElementById(inputId);
@@ -75,15 +103,18 @@ async function setRange(page, id, value) {
   }, [id, value]);
 }
 
+// Also leaves a screenshot of the page while the stream is in flight (demo-streaming.png).
 async function streamSimulatedLlm(page) {
   await page.getByLabel('as a simulated LLM stream', { exact: false }).check();
   await setRange(page, 'rate', 30);
   await page.getByRole('button', { name: 'Speak' }).click();
-  await waitForDemo(page, 'audio in the worklet, figures and a finished chunk', () => {
+  // A quarter of a second played proves the worklet is pulled by the audio clock, not just fed.
+  await waitForDemo(page, 'audio played by the worklet, figures and a finished chunk', () => {
     const d = window.__demo;
-    return d.samplesReceived > 0 && d.samplesPlayed > 0 && d.ttfaMs != null && d.rtf != null
-      && d.chunks.some((c) => c.state === 'done');
+    return d.samplesReceived > 0 && d.outputRate && d.samplesPlayed > 0.25 * d.outputRate && d.ttfaMs != null
+      && d.rtf != null && d.chunks.some((c) => c.state === 'done');
   });
+  await page.screenshot({ path: path.join(options.out, 'demo-streaming.png'), fullPage: true });
   const state = await demoState(page);
   assert.equal(state.utteranceState, 'streaming', 'the simulated LLM is still streaming when Stop is pressed');
   assert.ok(state.framesReceived > 0, 'binary audio frames arrived');
@@ -185,11 +216,14 @@ async function main() {
 
     log(`opening ${options.url}`);
     await page.goto(options.url);
+    if (options['api-key']) await enterApiKey(page);
     await page.waitForSelector('#connection[data-state="open"]', { timeout: WAIT_MS });
     await waitForDemo(page, 'the voice list', () => window.__demo.voicesAvailable !== null);
     const voices = await page.locator('#voice option').evaluateAll((options) => options.map((o) => o.value));
     assert.ok(voices.includes('default'), 'the voice picker offers the default voice');
     const tabOrder = await checkAccessibility(page);
+    log('voices');
+    const voiceLibrary = await checkVoices(page);
 
     log('simulated LLM stream');
     const llm = await streamSimulatedLlm(page);
@@ -204,7 +238,7 @@ async function main() {
       .map((f) => [f.querySelector('dt').textContent, f.querySelector('dd').textContent.trim()])));
     const shots = await screenshots(page, options.out);
     assert.deepEqual(problems, [], 'no errors in the page');
-    const summary = { ok: true, voices, tabOrder, llm, stop, whole, wav, figures, screenshots: shots, text,
+    const summary = { ok: true, voices, voiceLibrary, tabOrder, llm, stop, whole, wav, figures, screenshots: shots, text,
       engine: await page.locator('#engine').textContent() };
     process.stdout.write(`${JSON.stringify(summary)}\n`);
   } finally {
