@@ -1,0 +1,1 @@
+"""Load testing for the streaming endpoint: `python -m load.loadtest --help`."""
