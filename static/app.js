@@ -194,7 +194,7 @@ const connection = {
     const socket = new WebSocket(this.streamUrl());
     socket.binaryType = 'arraybuffer';
     this.socket = socket;
-    this.opening = new Promise((resolve, reject) => {
+    const opening = new Promise((resolve, reject) => {
       socket.onmessage = (event) => {
         if (typeof event.data !== 'string') return onAudioFrame(event.data);
         const message = JSON.parse(event.data);
@@ -205,8 +205,11 @@ const connection = {
         reject(new Error(`connection closed (${event.code}${event.reason ? ` ${event.reason}` : ''})`));
         if (this.socket === socket) this.onClosed(event);
       };
-    }).finally(() => { this.opening = null; });
-    return this.opening;
+    }).finally(() => {
+      if (this.opening === opening) this.opening = null;
+    });
+    this.opening = opening;
+    return opening;
   },
 
   send(message) {
@@ -221,9 +224,12 @@ const connection = {
   },
 
   reconnect() {
-    this.socket?.close(1000, 'reconnect');
-    this.socket = null;
+    const previous = this.socket;
+    Object.assign(this, { socket: null, opening: null });
     demo.connected = false;
+    this.channels.clear();
+    speaker.onDisconnected();
+    previous?.close(1000, 'reconnect');
     return this.ensure();
   },
 };
@@ -329,9 +335,8 @@ const speaker = {
     if (this.isActive()) this.stop('barge-in');
     player.resetJitterTarget();
     const utterance = {
-      id: `utt-${++utteranceCounter}-${Date.now().toString(36)}`, mode, state: 'starting', channel: null,
-      textSentAt: null, firstAudioAt: null, firstSoundAt: null, sessionStart: session.total,
-      lastChunkEnd: session.total, samples: 0, chunks: [], stats: null, timer: null, tokens: [], sentTokens: 0,
+      id: `utt-${++utteranceCounter}-${Date.now().toString(36)}`, state: 'starting', channel: null,
+      textSentAt: null, firstAudioAt: null, firstSoundAt: null, lastChunkEnd: session.total, samples: 0, chunks: [], stats: null, timer: null, tokens: [], sentTokens: 0,
       sentText: '',
     };
     this.current = utterance;
@@ -369,7 +374,6 @@ const speaker = {
   },
 
   end(utterance) {
-    utterance.textComplete = true;
     connection.send({ type: 'end', context_id: utterance.id });
   },
 
@@ -412,8 +416,8 @@ const speaker = {
         }
         break;
       case 'chunk_started':
-        utterance.chunks.push({ index: message.chunk, text: message.text, state: 'synthesizing',
-          startedAt: performance.now(), start: null, end: null, stats: null });
+        utterance.chunks.push({ index: message.chunk, text: message.text, state: 'synthesizing', start: null,
+          end: null, stats: null });
         break;
       case 'chunk_done':
         this.onChunkDone(utterance, message);

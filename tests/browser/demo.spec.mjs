@@ -91,8 +91,26 @@ async function checkVoices(page) {
   await page.getByRole('button', { name: 'Upload file' }).click();
   await page.waitForSelector(`#voice option[value="${name}"]`, { state: 'attached', timeout: WAIT_MS });
   assert.equal(await page.locator('#voice').inputValue(), name, 'the uploaded voice is selected');
+  const recorded = await recordFromMicrophone(page);
   await page.locator('#voice').selectOption('default');
-  return { available, uploaded: name };
+  return { available, uploaded: name, recorded };
+}
+
+// Chromium's fake microphone (a beep): MediaRecorder, then decoding to WAV, preview and upload.
+async function recordFromMicrophone(page) {
+  await page.getByRole('button', { name: 'Record from microphone' }).click();
+  await page.waitForTimeout(1500);
+  await page.getByRole('button', { name: 'Stop recording' }).click();
+  await page.waitForSelector('#recording-preview:not([hidden])', { timeout: WAIT_MS });
+  const status = await page.locator('#upload-status').textContent();
+  const seconds = Number(status.match(/Recorded (\d+\.\d) s/)?.[1]);
+  assert.ok(seconds >= 1 && seconds <= 3, `recorded about 1.5 s (${status})`);
+  await page.getByLabel('Voice name').fill(`browser-mic-${Date.now().toString(36)}`);
+  await page.getByRole('button', { name: 'Upload recording' }).click();
+  // A beep may be refused as a voice; either way the page must show the server's answer.
+  await page.waitForFunction(() => /Added voice|Upload failed: /.test(document.getElementById('upload-status').textContent),
+    null, { timeout: WAIT_MS });
+  return { seconds, status: await page.locator('#upload-status').textContent() };
 }
 
 async function setRange(page, id, value) {
@@ -155,8 +173,9 @@ async function bargeIn(page) {
   return { utteranceId, ...after };
 }
 
-async function speakWholeText(page) {
+async function speakWholeText(page, voice) {
   await page.getByLabel('all at once', { exact: false }).check();
+  await page.locator('#voice').selectOption(voice);
   await page.getByLabel('Text to speak').fill('Short and sweet. The whole text goes in one message.');
   const playedBefore = await page.evaluate(() => window.__demo.samplesPlayed);
   await page.getByRole('button', { name: 'Speak' }).click();
@@ -201,8 +220,10 @@ async function main() {
     headless: true,
     viewport: DESKTOP,
     acceptDownloads: true,
+    permissions: ['microphone'],
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'],
+      '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
   });
   const problems = [];
   try {
@@ -229,8 +250,8 @@ async function main() {
     const llm = await streamSimulatedLlm(page);
     log('barge-in with Stop');
     const stop = await bargeIn(page);
-    log('whole text');
-    const whole = await speakWholeText(page);
+    log(`whole text, voice ${voiceLibrary.uploaded ?? 'default'}`);
+    const whole = await speakWholeText(page, voiceLibrary.uploaded ?? 'default');
     log('download');
     const wav = await downloadSessionWav(page, options.out);
     const text = await page.evaluate(() => document.body.innerText);
