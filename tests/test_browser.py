@@ -24,6 +24,8 @@ SCREENSHOTS = REPO_ROOT / "var" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 NODE = shutil.which("node")
 SPEC_TIMEOUT_S = 120
+# Full-page screenshots: (viewport width, viewport height as the least page height).
+SCREENSHOT_SIZES = {"demo.png": (1280, 900), "demo-streaming.png": (1280, 900), "demo-phone.png": (390, 844)}
 API_KEY = "browser-test-key"
 AUTH = {"X-API-Key": API_KEY}
 
@@ -64,7 +66,7 @@ def test_demo_page_streams_plays_and_barges_in(server_factory, tmp_path: Path) -
     assert (BROWSER_TESTS / "node_modules" / "playwright-core").is_dir(), \
         "playwright-core is not installed: run scripts/bootstrap.sh test (npm install in tests/browser)"
     server = server_factory(api_key=API_KEY)  # the page is public; its socket and fetches carry the key
-    for stale in ("demo.png", "demo-phone.png"):
+    for stale in SCREENSHOT_SIZES:
         (SCREENSHOTS / stale).unlink(missing_ok=True)
 
     reference = tmp_path / "reference.wav"  # uploaded through the page when the server has a voice library
@@ -99,7 +101,7 @@ def test_demo_page_streams_plays_and_barges_in(server_factory, tmp_path: Path) -
     spoken_chunk = next(chunk["text"] for chunk in summary["whole"]["chunks"])
     assert spoken_chunk.strip() in text, "the timeline shows the chunk texts"
 
-    for name, (width, min_height) in {"demo.png": (1280, 900), "demo-phone.png": (390, 844)}.items():
+    for name, (width, min_height) in SCREENSHOT_SIZES.items():
         png_width, png_height, variety = png_size_and_variety(SCREENSHOTS / name)
         assert png_width == width and min_height <= png_height <= 12000, (name, png_width, png_height)
         assert variety > 50, f"{name} looks blank"
