@@ -102,9 +102,11 @@ class ChatterboxEngine(Engine):
         for sequence in self.scheduler.admit(self._free_sequences()):
             try:
                 self._prefill(sequence)
-            except EngineError as exc:
-                self.scheduler.remove(sequence.request_id)
-                failed.append(EngineOutput(sequence.request_id, _EMPTY, finished=True, error=exc))
+            except Exception as exc:  # a bad request (voice, text) fails alone
+                log.warning("prefill failed for %s: %s", sequence.request_id, exc)
+                self.abort_request(sequence.request_id)
+                error = exc if isinstance(exc, EngineError) else EngineError("engine_error", f"prefill failed: {exc}")
+                failed.append(EngineOutput(sequence.request_id, _EMPTY, finished=True, error=error))
         return failed
 
     def _free_sequences(self) -> int:
