@@ -79,16 +79,30 @@ def wait_until_up(server: RunningServer, wait_ready: bool, alive: Callable[[], b
     raise TimeoutError(f"server did not answer {path} within {START_TIMEOUT_S} s")
 
 
+def listening_socket(port: int, send_buffer_bytes: int) -> socket.socket:
+    """A listener whose accepted connections inherit a small kernel send buffer, so a client that stops
+    reading backs up into the server's own queue within a second rather than after megabytes."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    return sock
+
+
 @contextlib.contextmanager
-def run_server(settings: Settings, engine: Engine | None = None, wait_ready: bool = True
-               ) -> Iterator[RunningServer]:
+def run_server(settings: Settings, engine: Engine | None = None, wait_ready: bool = True,
+               send_buffer_bytes: int | None = None) -> Iterator[RunningServer]:
+    """`send_buffer_bytes` shrinks the kernel send buffer of accepted connections (see `listening_socket`)."""
     from app.server.app import DrainingServer, create_app, uvicorn_config
 
     settings = settings.replace(host="127.0.0.1", port=free_port())
     app = create_app(settings, engine=engine)
     server = DrainingServer(uvicorn_config(app, settings), drain=lambda: app.state.runtime.drain(
         settings.drain_timeout_s))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{settings.port}", daemon=True)
+    sockets = None if send_buffer_bytes is None else [listening_socket(settings.port, send_buffer_bytes)]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name=f"uvicorn-{settings.port}",
+                              daemon=True)
     thread.start()
     running = RunningServer(settings, app=app)
     try:
@@ -97,6 +111,8 @@ def run_server(settings: Settings, engine: Engine | None = None, wait_ready: boo
     finally:
         server.should_exit = True
         thread.join(15)
+        for sock in sockets or []:
+            sock.close()
 
 
 @contextlib.contextmanager

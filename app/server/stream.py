@@ -208,7 +208,7 @@ class StreamContext:
         self._waiting: deque[tuple[float, float]] = deque()  # (queued at, seconds) of frames not yet sent
         self._waiting_s = 0.0
         self.ended = False
-        self.closed = False  # no longer accepts messages (it may still have audio queued)
+        self.closed = False
         self._dropped = False  # aborted: queued audio was discarded
         self._plan: asyncio.Queue[ChunkJob | str] = asyncio.Queue()  # chunks and flush/end markers, in order
         self._last_times: ChunkTimes | None = None
@@ -333,8 +333,9 @@ class StreamContext:
                 self.outbox.send(p.flushed_event(self.id), owner=self)
             elif item == _END:
                 self._queue_audio(self.encoder.flush(), self._last_times)
-                self.outbox.send(lambda: p.done_event(self.id, self.times.as_stats(self.clock)), owner=self)
-                self._close()
+                # The context stays open (cancel still works) until `done` has reached the socket.
+                self.outbox.send(lambda: p.done_event(self.id, self.times.as_stats(self.clock)), owner=self,
+                                 on_sent=lambda now: self._close())
                 return
             elif not await self._emit_chunk(item):
                 return

@@ -45,8 +45,8 @@ class ToneEngine(Engine):
                 outputs.append(EngineOutput(request_id, np.zeros(0, np.float32), finished=True,
                                             error=EngineError("engine_error", "injected failure")))
                 continue
-            target = float("inf") if self.endless else len(request.text) * self.seconds_per_char * SAMPLE_RATE
-            count = int(min(self.step_samples, max(0, target - produced)))
+            target = float("inf") if self.endless else round(len(request.text) * self.seconds_per_char * SAMPLE_RATE)
+            count = int(min(self.step_samples, target - produced))
             t = (produced + np.arange(count)) / SAMPLE_RATE
             pcm = (0.2 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32)
             produced += count

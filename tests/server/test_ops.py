@@ -1,0 +1,94 @@
+"""Operational routes on a real server: readiness during warm-up, metrics, status, streaming defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from app.server.app import STATIC_DIR
+from fake_engines import ToneEngine
+from harness import make_settings, run_server
+from stream_session import open_session
+
+
+async def test_ready_is_503_until_the_engine_is_warm(server_factory):
+    gate = threading.Event()
+    server = server_factory(engine=ToneEngine(warmup_gate=gate), wait_ready=False)
+    try:
+        assert server.get("/health").status_code == 200
+        response = server.get("/ready")
+        assert (response.status_code, response.json()) == (503, {"ready": False, "reason": "warming up"})
+        async with connect(server.ws_url) as ws:  # streams are refused until warm
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1013
+    finally:
+        gate.set()
+    for _ in range(100):
+        if server.get("/ready").status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert server.get("/ready").json() == {"ready": True}
+
+
+async def test_metrics_and_status_reflect_a_stream(server_factory):
+    server = server_factory()
+    async with open_session(server.ws_url) as session:
+        await session.ws.send("not json")
+        await session.until("error")
+        await session.speak("m", "Counting what happens. Twice over.")
+    metrics = server.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in metrics.text.splitlines() if line and not line.startswith("#")}
+    assert values["chatterbox_ttfa_seconds_count"] == 1
+    assert values["chatterbox_rtf_count"] >= 1
+    assert values["chatterbox_speech_tokens_total"] > 0
+    assert values["chatterbox_batch_size_count"] > 0
+    assert values['chatterbox_errors_total{code="bad_json"}'] == 1
+    assert values["chatterbox_underruns_total"] >= 0
+    for gauge in ("chatterbox_active_streams", "chatterbox_queue_depth", "chatterbox_compile_seconds"):
+        assert gauge in values
+
+    status = server.get("/optimization-status").json()
+    assert status["ready"] is True
+    assert status["engine"]["engine"] == "espeak"
+    assert status["worker"]["steps"] > 0 and status["worker"]["active_requests"] == 0
+
+
+async def test_configure_streaming_sets_the_default_chunk_size_of_new_contexts(server_factory):
+    server = server_factory()
+    response = server.post("/configure-streaming", json={"chunk_size": 120})
+    assert (response.status_code, response.json()) == (200, {"chunk_size": 120})
+    async with open_session(server.ws_url) as session:
+        assert session.ready["defaults"]["chunking"] == {"chunk_size": 120}
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    with run_server(make_settings(tmp_path_factory.mktemp("ops"))) as running:
+        yield running
+
+
+@pytest.mark.parametrize("body", [{"chunk_size": 10}, {"chunk_size": 201}, {"chunk_size": "50"},
+                                  {"chunk_size": 50.5}, {}, {"chunk_size": 50, "other": 1}, [50], "{oops"])
+def test_configure_streaming_rejects_bad_values_with_422(shared_server, body):
+    if isinstance(body, str):
+        response = shared_server.post("/configure-streaming", content=body.encode())
+    else:
+        response = shared_server.post("/configure-streaming", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_settings" and response.json()["message"]
+    assert shared_server.get("/ready").status_code == 200
+
+
+@pytest.mark.skipif(not (STATIC_DIR / "index.html").is_file(), reason="no demo page in static/")
+def test_demo_page_is_served_at_root_even_with_an_api_key(server_factory):
+    server = server_factory(api_key="k")
+    page = server.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert server.get("/metrics").status_code == 401
