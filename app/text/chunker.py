@@ -1,0 +1,369 @@
+"""Turn a streamed LLM reply into speakable chunks as soon as each is safe to say.
+
+The chunker reads the stream through `StreamNormalizer`, which emits a word only once the next non-space
+character has arrived, and cuts only between emitted words. So a chunk never ends inside a word, a number,
+a URL or an e-mail address, and the chunks' texts rejoin exactly to `normalize_stream` of all input.
+
+Where it may cut (strongest first):
+- sentence: after ". ! ?" (and closing quotes/brackets after them), or at a line break;
+- clause: after "," (the normalizer turned ; : — and ellipses into commas);
+- word: anywhere else between words (used only by the deadline and the length budget);
+- never: after a title or an initial ("Mr.", "e.g.", "J."), after a list number at a line start ("2."),
+  or before punctuation that attaches to the word before it.
+A boundary after the last word waits for the first character of the next one: "$29." + "99" is one word,
+"U.S." before a lower-case word and "etc." before a digit are not sentence ends.
+
+When it cuts (`reason`):
+- first chunk: at the first clause or sentence boundary past `first_chunk_min_chars` ("boundary"), else at
+  the last word boundary once `first_chunk_max_chars` is exceeded ("max_length") or `first_chunk_max_wait_s`
+  after its first text arrived ("deadline"): small, to cut time to first audio;
+- later chunks, by how much audio is queued ahead of playback (`buffered_audio_s`):
+  up to `low_buffer_s` like a first chunk (the last clause or sentence boundary past `min_chunk_chars`, or a
+  word boundary `first_chunk_max_wait_s` after the previous release); up to `healthy_buffer_s` at each sentence
+  end; above it sentences are packed until the budget of `chunk_size` tokens is reached ("max_length").
+  `next_deadline` includes the moment the queued audio will have drained into the next lower band.
+- `flush` and `end` release everything, split at the budget ("flush", "end").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from app.text.normalize import Lookahead, StreamNormalizer, Word, prepare_for_engine
+
+
+@dataclass(frozen=True)
+class ChunkerConfig:
+    chunk_size: int = 50  # budget in LLM tokens (25..200); chunks hold at most chunk_size * chars_per_token chars
+    first_chunk_min_chars: int = 12  # a first chunk is released at the first clause boundary past this
+    first_chunk_max_wait_s: float = 0.6  # ...or at a word boundary this long after the first text arrived
+    # A first chunk longer than this is cut at a word boundary: it should be a clause, not a whole sentence.
+    first_chunk_max_chars: int = 40
+    # English LLM tokenizers average about 4 characters per token.
+    chars_per_token: float = 4.0
+    # Later chunks are not cut at a boundary before this: a two-word chunk costs a generation and sounds clipped.
+    min_chunk_chars: int = 24
+    # Queued audio at or below this risks an underrun: release at clause boundaries, and at words after a deadline.
+    low_buffer_s: float = 1.0
+    # Queued audio above this leaves time to pack whole sentences up to the budget (better prosody, fewer
+    # generations); in between, each sentence is released as it ends.
+    healthy_buffer_s: float = 4.0
+
+    @property
+    def max_chars(self) -> int:
+        return int(self.chunk_size * self.chars_per_token)
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    index: int
+    text: str  # normalized slice of the stream; the chunks rejoin exactly to normalize_stream(all input)
+    speak_text: str  # prepare_for_engine(text, ends_sentence); "" only for a final chunk of bare punctuation
+    ends_sentence: bool
+    reason: str  # "boundary" | "max_length" | "deadline" | "flush" | "end"
+    first_text_at: float | None = None  # the `now` of the push that brought this chunk's first text
+
+
+class _Kind(IntEnum):
+    NEVER = 0
+    WEAK_WORD = 1  # after a function word: "overview of | how" leaves the listener hanging
+    WORD = 2
+    CLAUSE = 3
+    SENTENCE = 4
+
+
+class _Band(IntEnum):
+    LOW = 0
+    NORMAL = 1
+    HEALTHY = 2
+
+
+_CLOSERS = "\"')]}"
+_OPENERS = "\"'([{"
+# Never end a sentence: they announce the next word.
+_TITLES = frozenset(
+    "mr. mrs. ms. mx. dr. prof. st. mt. ft. rev. hon. gen. col. capt. lt. sgt. gov. sen. rep. pres. vs. v. "
+    "e.g. i.e. cf. approx. ca. fig. figs. vol. eq. ch. sec. pp. dept. est. viz. resp.".split()
+)
+# May end a sentence, but just as often do not ("the U.S. Army", "etc. and"): only a word boundary, so a
+# true sentence end after them costs some waiting, never a falling tone mid-sentence.
+_AMBIGUOUS = frozenset("etc. inc. ltd. co. corp. jr. sr. al. ph.d.".split())
+_INITIAL = re.compile(r"[^\W\d_]\.")  # "J. K. Rowling"
+_INITIALISM = re.compile(r"(?:[^\W\d_]\.){2,}")  # "U.S.", "a.m."
+_FUNCTION_WORDS = frozenset(
+    "a an the of to in on at by for with from into onto about as and or but nor so if than that which who "
+    "whom whose what when where while how why is are was were be been am do does did has have had will would "
+    "can could should may might must shall not my your his her its our their this these those it i you he "
+    "she we they me him us them very more most just also then there here".split()
+)
+_LIST_NUMBER = re.compile(r"\d{1,3}[.)]")
+# A next word starting with one of these may still turn into punctuation that attaches to the word before
+# ("wait ..." -> "wait,") or vanish (markdown): the boundary before it is not known yet.
+_UNSETTLED_HEADS = frozenset(",.!?;:\u2026\u2013\u2014\u2015-*_`~[]\\")
+_SPEAKABLE = re.compile(r"[^\W_]")
+
+
+def _boundary_kind(word: str, starts_line: bool, next_head: str, next_breaks: int) -> _Kind:
+    """How strong a cut between `word` and a next word starting with `next_head` would be."""
+    if starts_line and _LIST_NUMBER.fullmatch(word) and not next_breaks:
+        return _Kind.NEVER  # "2. Apples": the number belongs to its item
+    if next_breaks:
+        return _Kind.SENTENCE
+    core = word.rsplit(" ", 1)[-1].rstrip(_CLOSERS)
+    mark = core[-1:]
+    next_is_lower = next_head[:1].islower()
+    if mark in ("!", "?"):
+        return _Kind.CLAUSE if next_is_lower else _Kind.SENTENCE  # '"Why?" she asked'
+    if mark == ".":
+        stem = core.lstrip(_OPENERS).lower()
+        if stem in _TITLES or _INITIAL.fullmatch(stem):
+            return _Kind.NEVER
+        if stem in _AMBIGUOUS or _INITIALISM.fullmatch(stem) or (stem == "no." and next_head[:1].isdigit()):
+            return _Kind.WORD
+        return _Kind.CLAUSE if next_is_lower else _Kind.SENTENCE
+    if mark == ",":
+        return _Kind.CLAUSE
+    return _Kind.WEAK_WORD if core.lower() in _FUNCTION_WORDS else _Kind.WORD
+
+
+@dataclass
+class _Unit:
+    """A word of the pending text, with the punctuation that attached to it."""
+
+    end: int  # offset in the pending text where it ends
+    text: str
+    starts_line: bool
+    arrived: float
+    after: _Kind | None = None  # the boundary after it, known once the next unit arrived
+
+
+@dataclass(frozen=True)
+class _Cut:
+    end: int
+    kind: _Kind
+    unit: int
+
+
+@dataclass
+class _Pending:
+    text: str = ""
+    units: list[_Unit] = field(default_factory=list)
+
+
+class AdaptiveChunker:
+    def __init__(self, config: ChunkerConfig = ChunkerConfig()) -> None:
+        self.config = config
+        self._index = 0
+        self._now = 0.0
+        self._buffered_s = 0.0
+        self._reset_stream()
+
+    @property
+    def pending_chars(self) -> int:
+        return len(self._pending.text) + self._normalizer.pending_chars
+
+    def push(self, text: str, now: float, buffered_audio_s: float = 0.0) -> list[TextChunk]:
+        self._observe(now, buffered_audio_s)
+        head_since = self._head_since
+        words = self._normalizer.feed(text)
+        for i, word in enumerate(words):
+            self._add(word, head_since if i == 0 and head_since is not None else now)
+        if self._normalizer.lookahead is None:
+            self._head_since = None
+        elif words or self._head_since is None:
+            self._head_since = now
+        return self._release_due()
+
+    def poll(self, now: float, buffered_audio_s: float = 0.0) -> list[TextChunk]:
+        self._observe(now, buffered_audio_s)
+        return self._release_due()
+
+    def next_deadline(self) -> float | None:
+        """When `poll` could next release something without new text (None: only new text can)."""
+        if not self._pending.units and self._normalizer.lookahead is None:
+            return None
+        times = []
+        band = self._band()
+        if self._first or band is _Band.LOW:
+            times.append(self._wait_start() + self.config.first_chunk_max_wait_s)  # past: no word boundary yet
+        if not self._first and band is not _Band.LOW and self._pending.units:
+            # Playback drains the queued audio; at the lower band more becomes releasable.
+            times.append(self._now + self._buffered_s - self.config.low_buffer_s)
+            if band is _Band.HEALTHY:
+                times.append(self._now + self._buffered_s - self.config.healthy_buffer_s)
+        return min((time for time in times if time > self._now), default=None)
+
+    def flush(self) -> list[TextChunk]:
+        """Everything buffered, now; text that has nothing to say (bare punctuation) waits for more."""
+        self._add_all(self._normalizer.flush())
+        chunks = self._drain("flush")
+        if self._pending.text and _SPEAKABLE.search(self._pending.text):
+            ends = not self._pending.text.rstrip(_CLOSERS).endswith(",")
+            chunks.append(self._release_all("flush", ends))
+        return chunks
+
+    def end(self) -> list[TextChunk]:
+        """Everything buffered; no more text will come. The chunker is then ready for a new stream."""
+        self._add_all(self._normalizer.finish())
+        chunks = self._drain("end")
+        if self._pending.text:
+            chunks.append(self._release_all("end", ends_sentence=True))
+        self._reset_stream()
+        return chunks
+
+    def clear(self) -> None:
+        """Barge-in: drop buffered text; the next text starts a new reply (with a small first chunk)."""
+        self._reset_stream()
+
+    # -- state --------------------------------------------------------------------------------------------
+
+    def _reset_stream(self) -> None:
+        self._normalizer = StreamNormalizer()
+        self._pending = _Pending()
+        self._first = True
+        self._head_since: float | None = None  # when the next, not yet emitted word started arriving
+        self._released_at: float | None = None
+
+    def _observe(self, now: float, buffered_audio_s: float) -> None:
+        self._now = now
+        self._buffered_s = buffered_audio_s
+
+    def _add_all(self, words: list[Word]) -> None:
+        arrived = self._head_since if self._head_since is not None else self._now
+        for word in words:
+            self._add(word, arrived)
+        self._head_since = None
+
+    def _add(self, word: Word, arrived: float) -> None:
+        pending = self._pending
+        pending.text += word.sep + word.text
+        units = pending.units
+        if word.sep == "" and units:
+            units[-1].text += word.text
+            units[-1].end = len(pending.text)
+            return
+        if units:
+            units[-1].after = _boundary_kind(units[-1].text, units[-1].starts_line, word.text, word.breaks_before)
+        units.append(_Unit(len(pending.text), word.text, word.starts_line, arrived))
+
+    def _band(self) -> _Band:
+        if self._buffered_s <= self.config.low_buffer_s:
+            return _Band.LOW
+        if self._buffered_s <= self.config.healthy_buffer_s:
+            return _Band.NORMAL
+        return _Band.HEALTHY
+
+    def _wait_start(self) -> float:
+        units = self._pending.units
+        arrived = units[0].arrived if units else self._head_since
+        if arrived is None:
+            return self._now
+        return arrived if self._released_at is None else max(arrived, self._released_at)
+
+    def _budget(self) -> int:
+        return self.config.first_chunk_max_chars if self._first else self.config.max_chars
+
+    def _floor(self) -> int:
+        return self.config.first_chunk_min_chars if self._first else self.config.min_chunk_chars
+
+    # -- where to cut --------------------------------------------------------------------------------------
+
+    def _last_kind(self, lookahead: Lookahead | None) -> _Kind:
+        if lookahead is None or lookahead.head[0] in _UNSETTLED_HEADS:
+            return _Kind.NEVER  # not confirmed yet
+        last = self._pending.units[-1]
+        return _boundary_kind(last.text, last.starts_line, lookahead.head, lookahead.breaks_before)
+
+    def _cuts(self) -> list[_Cut]:
+        """Every place the pending text may be cut now, in order; a chunk must have something to say."""
+        units = self._pending.units
+        speakable = _SPEAKABLE.search(self._pending.text)
+        if not units or speakable is None:
+            return []
+        cuts = []
+        for i, unit in enumerate(units):
+            kind = unit.after if i < len(units) - 1 else self._last_kind(self._normalizer.lookahead)
+            if kind and unit.end > speakable.start():
+                cuts.append(_Cut(unit.end, kind, i))
+        return cuts
+
+    @staticmethod
+    def _best(cuts: list[_Cut], lo: int, hi: int, weakest: _Kind) -> _Cut | None:
+        """The last cut of the strongest kind (at least `weakest`) ending within [lo, hi]."""
+        for kind in sorted(_Kind, reverse=True):
+            if kind < weakest or kind is _Kind.NEVER:
+                break
+            found = [cut for cut in cuts if cut.kind == kind and lo <= cut.end <= hi]
+            if found:
+                return found[-1]
+        return None
+
+    def _length_cut(self, cuts: list[_Cut]) -> _Cut | None:
+        """Where to cut text over the budget: best boundary within it, else after a word that overruns it."""
+        budget = self._budget()
+        within = self._best(cuts, self._floor(), budget, _Kind.WEAK_WORD) or self._best(cuts, 1, budget,
+                                                                                         _Kind.WEAK_WORD)
+        return within or next((cut for cut in cuts if cut.end > budget), None)
+
+    def _deadline_cut(self, cuts: list[_Cut]) -> _Cut | None:
+        return self._best(cuts, 1, self._budget(), _Kind.WEAK_WORD)
+
+    def _due(self) -> tuple[_Cut, str] | None:
+        cuts = self._cuts()
+        if not cuts:
+            return None
+        config = self.config
+        if len(self._pending.text) > self._budget():
+            cut = self._length_cut(cuts)
+            return (cut, "max_length") if cut else None
+        deadline_passed = self._now >= self._wait_start() + config.first_chunk_max_wait_s
+        if self._first:
+            cut = next((cut for cut in cuts if cut.kind >= _Kind.CLAUSE and cut.end >= self._floor()), None)
+            if cut:
+                return cut, "boundary"
+            return (self._deadline_cut(cuts), "deadline") if deadline_passed else None
+        band = self._band()
+        if band is _Band.HEALTHY:
+            return None
+        weakest = _Kind.CLAUSE if band is _Band.LOW else _Kind.SENTENCE
+        cut = self._best(cuts, self._floor(), self._budget(), weakest)
+        if cut:
+            return cut, "boundary"
+        if band is _Band.LOW and deadline_passed:
+            return self._deadline_cut(cuts), "deadline"
+        return None
+
+    # -- releasing -----------------------------------------------------------------------------------------
+
+    def _release_due(self) -> list[TextChunk]:
+        chunks = []
+        while (due := self._due()) is not None:
+            cut, reason = due
+            chunks.append(self._release(cut.end, cut.unit, reason, cut.kind is _Kind.SENTENCE))
+        return chunks
+
+    def _drain(self, reason: str) -> list[TextChunk]:
+        """Release budget-sized chunks while the pending text exceeds the budget."""
+        chunks = []
+        while len(self._pending.text) > self._budget() and (cut := self._length_cut(self._cuts())):
+            chunks.append(self._release(cut.end, cut.unit, reason, cut.kind is _Kind.SENTENCE))
+        return chunks
+
+    def _release_all(self, reason: str, ends_sentence: bool) -> TextChunk:
+        return self._release(len(self._pending.text), len(self._pending.units) - 1, reason, ends_sentence)
+
+    def _release(self, end: int, unit: int, reason: str, ends_sentence: bool) -> TextChunk:
+        pending = self._pending
+        text, arrived = pending.text[:end], pending.units[0].arrived if pending.units else None
+        rest = pending.units[unit + 1:]
+        for kept in rest:
+            kept.end -= end
+        self._pending = _Pending(pending.text[end:], rest)
+        chunk = TextChunk(self._index, text, prepare_for_engine(text, ends_sentence), ends_sentence, reason,
+                          arrived)
+        self._index += 1
+        self._first = False
+        self._released_at = self._now
+        return chunk

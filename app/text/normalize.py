@@ -1,0 +1,309 @@
+"""Text normalization for a streamed LLM reply, split in two layers.
+
+`normalize_stream` is the position-independent part: what Chatterbox's own `punc_norm` replaces (whitespace
+runs, curly quotes, ellipses, dashes, colons and semicolons) plus what an LLM adds that a voice should not read
+(markdown markers, emoji, control and zero-width characters). `prepare_for_engine` is the position-dependent
+part, applied to one released chunk: a capital first letter and the right final punctuation.
+
+Applying it incrementally: `StreamNormalizer` reads the stream piece by piece and emits a word only once it
+is complete, i.e. once the next non-space character has arrived (or at `finish`). Every rule looks at one
+character, or at one complete word plus the count of line breaks before it, and the whitespace between words
+is decided when the next word is known. So the emitted words never change afterwards, and
+
+    "".join(w.sep + w.text for w in feed(piece_1) + ... + feed(piece_n) + finish()) == normalize_stream(whole)
+
+for any split of the stream into pieces. The chunker cuts only between emitted words, so its chunks rejoin
+exactly to `normalize_stream` of everything it was given. (`flush` is the one exception: it emits a word
+before it is complete; a continuation without a space is glued back without one, which only differs from the
+whole-text result when the flush fell inside a multi-character rule such as "..." or "https://".)
+
+What the output never contains, so that `punc_norm(prepare_for_engine(...))` leaves it unchanged: runs of
+whitespace, newlines, "...", "…", ":", ";", " - ", " ,", em or en dashes, curly quotes.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+# Characters with a fixed replacement. Everything else is classified in `_map_codepoint`.
+_REPLACEMENTS = {
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u00ab": '"', "\u00bb": '"', "\u2033": '"',
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2039": "'", "\u203a": "'", "\u2032": "'",
+    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2212": "-",
+    # "A → B" is read "A to B"; other arrows are decoration.
+    "\u2192": " to ", "\u27f6": " to ", "\u21d2": " to ", "\u2794": " to ", "\u279c": " to ",
+    # list bullets and table pipes separate words; they are not read
+    "\u2022": " ", "\u2023": " ", "\u25e6": " ", "\u2043": " ", "\u2219": " ", "|": " ",
+    "\u2122": "", "\u00a9": "", "\u00ae": "",  # trademark signs are glued to words and not read
+    "\ufe0e": "", "\ufe0f": "", "\u20e3": "",  # emoji presentation selectors and keycap
+}
+
+# Pictographs (emoji, dingbats, arrows, box drawing, geometric shapes) become a space: an emoji between
+# words must not glue them together, and runs of spaces collapse anyway.
+_PICTOGRAPH_RANGES = (
+    (0x2190, 0x21FF), (0x2300, 0x23FF), (0x2460, 0x24FF), (0x2500, 0x25FF), (0x2600, 0x27BF),
+    (0x27F0, 0x27FF), (0x2900, 0x297F), (0x2B00, 0x2BFF), (0x3030, 0x3030), (0x303D, 0x303D),
+    (0x3297, 0x3297), (0x3299, 0x3299), (0x1F000, 0x1FAFF),
+)
+
+
+def _map_codepoint(cp: int) -> str | None:
+    """The replacement of one character (None: keep it). Depends on nothing but the character."""
+    char = chr(cp)
+    if char in _REPLACEMENTS:
+        return _REPLACEMENTS[char]
+    if char.isspace():
+        return None
+    if any(lo <= cp <= hi for lo, hi in _PICTOGRAPH_RANGES):
+        return " "
+    category = unicodedata.category(char)
+    if category == "Cs":  # a lone surrogate (half an emoji split by a client): like the emoji, a space
+        return " "
+    if category in ("Cc", "Cf", "Co") or 0xE0100 <= cp <= 0xE01EF:  # controls, zero-width, private use
+        return ""
+    return None
+
+
+class _CharTable(dict):
+    """A `str.translate` table that classifies each character on first sight and remembers it."""
+
+    def __missing__(self, cp: int) -> str:
+        replacement = _map_codepoint(cp)
+        self[cp] = chr(cp) if replacement is None else replacement  # None in a table would delete it
+        return self[cp]
+
+
+_CHAR_TABLE = _CharTable()
+
+_RUN = re.compile(r"\s+|\S+")
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+# Word rules (applied to one complete word).
+_LINE_MARKER = re.compile(r"#{1,6}|[-*+>]+|[-*_=~`]{3,}\w*|\[[ xX]?\]")  # only where a line starts
+_CITATION = re.compile(r"\[\d+\]")
+_LINK_TARGET = re.compile(r"\]\([^\s)]*\)")
+_MARKUP = re.compile(r"!?\[|[\]`\\]|~~")
+_EDGE_EMPHASIS = re.compile(r"(?<![^\W_])[*_]+|[*_]+(?![^\W_])")  # "**bold**", "_it_", not "snake_case"
+_SCHEME = re.compile(r"(?i)\b(?:https?|ftp|file)://|\bmailto:")
+_INNER_COLON = re.compile(r"(?<=[^\W_]):(?=[^\W_])")  # "10:30", "localhost:8000"
+_ELLIPSIS = re.compile(r"\u2026+|\.{3,}")
+_LONG_DASH = re.compile(r"[\u2014\u2015]+|-{2,}")
+_INNER_EN_DASH = re.compile(r"(?<=[^\W_])\u2013(?=[^\W_])")  # "1–5", "New York–London"
+_LONE_HYPHEN = re.compile(r"(?<![^\W_])-(?![^\W_])")  # not joining words: a dash, as in "one - two"
+_PUNCT_RUN = re.compile(r"[,.!?](?:\s*[,.!?])*")
+_SPACES = re.compile(r"\s+")
+_AFTER_COMMA = re.compile(r"(?<=,) ")
+_ATTACHES = re.compile(r",|[.!?]+(?: |$)")  # a word that is punctuation joins the word before it
+
+
+def _tidy_punct_run(match: re.Match[str]) -> str:
+    marks = match.group().replace(" ", "")
+    if set(marks) == {","}:
+        return ","
+    return marks.replace(",", "")  # "wait…?" -> "wait?", not "wait,?"
+
+
+def normalize_word(raw: str, starts_line: bool) -> str:
+    """Normalize one whitespace-free word; "" drops it. `starts_line`: it is the first word of its line."""
+    word = unicodedata.normalize("NFC", raw)
+    if starts_line and _LINE_MARKER.fullmatch(word):
+        return ""  # bullet, header, quote marker, rule, code fence, task box
+    word = _CITATION.sub("", word)
+    word = _LINK_TARGET.sub("", word)
+    word = _MARKUP.sub("", word)
+    word = _EDGE_EMPHASIS.sub("", word)
+    word = _SCHEME.sub("", word)  # "https://" is noise when spoken; the host and path stay intact
+    word = _INNER_COLON.sub(" ", word)
+    word = _ELLIPSIS.sub(", ", word)
+    word = _LONG_DASH.sub(", ", word)
+    word = _INNER_EN_DASH.sub("-", word)
+    word = word.replace("\u2013", ", ").replace(":", ", ").replace(";", ", ")
+    word = _LONE_HYPHEN.sub(",", word)
+    word = _PUNCT_RUN.sub(_tidy_punct_run, word)
+    return _SPACES.sub(" ", word).strip()
+
+
+def _count_line_breaks(run: str, after_cr: bool) -> int:
+    if after_cr and run.startswith("\n"):
+        run = run[1:]  # the "\r" of this "\r\n" was counted with the previous piece
+    return sum(char in _LINE_BREAKS for char in run.replace("\r\n", "\n"))
+
+
+@dataclass(frozen=True)
+class Word:
+    """One normalized word as the stream emits it. Its place in the text is `sep + text`."""
+
+    text: str  # never empty
+    sep: str  # "" (start of the stream, punctuation that attaches, a glued continuation) or " "
+    breaks_before: int  # line breaks in the whitespace before it (2 or more: a paragraph break)
+    starts_line: bool
+
+
+@dataclass(frozen=True)
+class Lookahead:
+    """The start of the next, not yet emitted word."""
+
+    head: str  # its raw characters so far (after the per-character mapping)
+    breaks_before: int
+
+
+_CLOSERS = "\"')]}"
+_SENTENCE_OR_CLAUSE_MARKS = ",.!?"
+
+
+def _ends_with_mark(text: str) -> bool:
+    mark = text.rstrip(_CLOSERS)[-1:]
+    return mark != "" and mark in _SENTENCE_OR_CLAUSE_MARKS
+
+
+class StreamNormalizer:
+    """Incremental `normalize_stream`: feed pieces, get the words that became final."""
+
+    def __init__(self) -> None:
+        self._word = ""  # raw characters of the word being read, or of a complete one awaiting emission
+        self._word_complete = False  # whitespace followed it
+        self._word_breaks = 0
+        self._word_starts_line = True
+        self._word_glued = False
+        self._breaks = 0  # line breaks since the last word ended
+        self._carried_breaks = 0  # line breaks before a dropped word (a bullet) belong to the next one
+        self._after_cr = False
+        self._starts_line = True  # no word kept yet on the current line
+        self._glue_next = False  # a flush cut a word: its continuation joins without a space
+        self._last_text = ""  # text of the last emitted word
+
+    @property
+    def pending_chars(self) -> int:
+        return len(self._word)
+
+    @property
+    def lookahead(self) -> Lookahead | None:
+        if not self._word:
+            return None
+        return Lookahead(self._word, max(self._word_breaks, self._carried_breaks))
+
+    def feed(self, text: str) -> list[Word]:
+        out: list[Word] = []
+        for run in _RUN.findall(text.translate(_CHAR_TABLE)):
+            if run.isspace():
+                self._read_space(run)
+            else:
+                self._read_word(run, out)
+        return out
+
+    def flush(self) -> list[Word]:
+        """Emit the word being read even though it may continue."""
+        out: list[Word] = []
+        if self._word:
+            self._glue_next = not self._word_complete
+            self._emit(out)
+        return out
+
+    def finish(self) -> list[Word]:
+        """End of the stream: emit the rest and start over."""
+        out: list[Word] = []
+        if self._word:
+            self._emit(out)
+        self.__init__()
+        return out
+
+    def _read_space(self, run: str) -> None:
+        if self._word:
+            self._word_complete = True
+        self._glue_next = False
+        self._breaks += _count_line_breaks(run, self._after_cr)
+        self._after_cr = run.endswith("\r")
+
+    def _read_word(self, run: str, out: list[Word]) -> None:
+        self._after_cr = False
+        if self._word_complete:
+            self._emit(out)
+        if not self._word:
+            self._start_word(out)
+        self._word += run
+
+    def _start_word(self, out: list[Word]) -> None:
+        if self._breaks:
+            self._starts_line = True
+            if self._last_text and not _ends_with_mark(self._last_text):
+                # A line that ends without punctuation (a header, a list item) still ends a sentence.
+                self._append(".", sep="", breaks=0, starts_line=False, out=out)
+        self._word_breaks = self._breaks
+        self._word_starts_line = self._starts_line
+        self._word_glued = self._glue_next
+        self._breaks = 0
+        self._glue_next = False
+
+    def _emit(self, out: list[Word]) -> None:
+        text = normalize_word(self._word, self._word_starts_line)
+        breaks = max(self._word_breaks, self._carried_breaks)
+        sep = "" if self._word_glued or _ATTACHES.match(text) else " "
+        self._word, self._word_complete = "", False
+        if not text:
+            self._carried_breaks = breaks
+            return
+        self._carried_breaks = 0
+        self._starts_line = False
+        # "waited—then" became "waited, then": two words, so that a chunk may end at its comma.
+        first, *rest = _AFTER_COMMA.split(text)
+        self._append(first, sep, breaks, self._word_starts_line, out, glued=self._word_glued)
+        for part in rest:
+            self._append(part, " ", 0, False, out)
+
+    def _append(self, text: str, sep: str, breaks: int, starts_line: bool, out: list[Word],
+                glued: bool = False) -> None:
+        if not self._last_text:
+            sep = ""
+        elif sep == "" and not glued and self._last_text[-1] in _SENTENCE_OR_CLAUSE_MARKS:
+            # "wait, — no": the dash's comma would double the one already there
+            rest = text.lstrip(_SENTENCE_OR_CLAUSE_MARKS)
+            if len(rest) < len(text):
+                text, sep = rest.lstrip(" "), " "
+                if not text:
+                    return
+        out.append(Word(text, sep, breaks, starts_line))
+        self._last_text = text
+
+
+def normalize_stream(text: str) -> str:
+    normalizer = StreamNormalizer()
+    words = normalizer.feed(text) + normalizer.finish()
+    return "".join(word.sep + word.text for word in words)
+
+
+_LEADING_MARKS = re.compile(r"^[\s,.!?]+")
+_FINAL = re.compile(r"^(.*?)([,.!?]*)([\"')\]}]*)$", re.S)
+
+
+_OPENERS = re.compile(r"[\"'(\[{]*")
+
+
+def _capitalise(text: str) -> str:
+    """Upper-case the first letter, also behind opening quotes (`punc_norm` only looks at the first one)."""
+    start = _OPENERS.match(text).end()
+    if text[start:start + 1].islower():
+        return text[:start] + text[start].upper() + text[start + 1:]
+    return text
+
+
+def prepare_for_engine(chunk_text: str, ends_sentence: bool) -> str:
+    """What the engine speaks for one chunk; "" when there is nothing to say.
+
+    A chunk that ends a sentence ends in ". ! ?" (a trailing comma becomes a full stop); one cut mid-sentence
+    ends in "," so that Chatterbox neither appends a full stop nor gives it a final fall. Final punctuation
+    goes after closing quotes and brackets, because `punc_norm` only looks at the very last character.
+    """
+    text = _LEADING_MARKS.sub("", chunk_text.strip())
+    if not any(char.isalnum() for char in text):
+        return ""
+    body, marks, closers = _FINAL.match(_capitalise(text)).groups()
+    marks = marks.rstrip(",") if ends_sentence else marks
+    if ends_sentence:
+        final = marks if marks else "."
+    elif marks.endswith(("!", "?", ",")):
+        final = marks
+    else:
+        final = marks + ","  # "the U.S.," keeps the abbreviation and still continues
+    return body + closers + final
