@@ -7,11 +7,12 @@ a URL or an e-mail address, and the chunks' texts rejoin exactly to `normalize_s
 Where it may cut (strongest first):
 - sentence: after ". ! ?" (and closing quotes/brackets after them), or at a line break;
 - clause: after "," (the normalizer turned ; : — and ellipses into commas);
-- word: anywhere else between words (used only by the deadline and the length budget);
+- word: anywhere else between words, e.g. after "U.S." or "etc." which end sentences only sometimes (used only
+  by the deadline and the length budget, which avoid ending on a function word such as "of" or "the");
 - never: after a title or an initial ("Mr.", "e.g.", "J."), after a list number at a line start ("2."),
   or before punctuation that attaches to the word before it.
-A boundary after the last word waits for the first character of the next one: "$29." + "99" is one word,
-"U.S." before a lower-case word and "etc." before a digit are not sentence ends.
+A boundary after the last word waits for the first character of the next one: "$29." + "99" is one word, and
+"." "!" "?" before a lower-case word are only clause ends ('"Why?" she asked').
 
 When it cuts (`reason`):
 - first chunk: at the first clause or sentence boundary past `first_chunk_min_chars` ("boundary"), else at
@@ -31,7 +32,8 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from app.text.normalize import Lookahead, StreamNormalizer, Word, prepare_for_engine
+from app.text.normalize import (CLOSING_MARKS, OPENING_MARKS, Lookahead, StreamNormalizer, Word,
+                                prepare_for_engine)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class ChunkerConfig:
     # Queued audio above this leaves time to pack whole sentences up to the budget (better prosody, fewer
     # generations); in between, each sentence is released as it ends.
     healthy_buffer_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 25 <= self.chunk_size <= 200:
+            raise ValueError("chunk_size must be between 25 and 200")
+        if not 0 < self.first_chunk_min_chars <= self.first_chunk_max_chars:
+            raise ValueError("need 0 < first_chunk_min_chars <= first_chunk_max_chars")
+        if not 0 <= self.low_buffer_s <= self.healthy_buffer_s:
+            raise ValueError("need 0 <= low_buffer_s <= healthy_buffer_s")
 
     @property
     def max_chars(self) -> int:
@@ -80,8 +90,6 @@ class _Band(IntEnum):
     HEALTHY = 2
 
 
-_CLOSERS = "\"')]}"
-_OPENERS = "\"'([{"
 # Never end a sentence: they announce the next word.
 _TITLES = frozenset(
     "mr. mrs. ms. mx. dr. prof. st. mt. ft. rev. hon. gen. col. capt. lt. sgt. gov. sen. rep. pres. vs. v. "
@@ -111,13 +119,13 @@ def _boundary_kind(word: str, starts_line: bool, next_head: str, next_breaks: in
         return _Kind.NEVER  # "2. Apples": the number belongs to its item
     if next_breaks:
         return _Kind.SENTENCE
-    core = word.rsplit(" ", 1)[-1].rstrip(_CLOSERS)
+    core = word.rsplit(" ", 1)[-1].rstrip(CLOSING_MARKS)
     mark = core[-1:]
     next_is_lower = next_head[:1].islower()
     if mark in ("!", "?"):
         return _Kind.CLAUSE if next_is_lower else _Kind.SENTENCE  # '"Why?" she asked'
     if mark == ".":
-        stem = core.lstrip(_OPENERS).lower()
+        stem = core.lstrip(OPENING_MARKS).lower()
         if stem in _TITLES or _INITIAL.fullmatch(stem):
             return _Kind.NEVER
         if stem in _AMBIGUOUS or _INITIALISM.fullmatch(stem) or (stem == "no." and next_head[:1].isdigit()):
@@ -196,11 +204,12 @@ class AdaptiveChunker:
         return min((time for time in times if time > self._now), default=None)
 
     def flush(self) -> list[TextChunk]:
-        """Everything buffered, now; text that has nothing to say (bare punctuation) waits for more."""
+        """Everything buffered, now. The last chunk ends a sentence unless its text ends in a comma; text that
+        has nothing to say (bare punctuation) waits for more."""
         self._add_all(self._normalizer.flush())
         chunks = self._drain("flush")
         if self._pending.text and _SPEAKABLE.search(self._pending.text):
-            ends = not self._pending.text.rstrip(_CLOSERS).endswith(",")
+            ends = not self._pending.text.rstrip(CLOSING_MARKS).endswith(",")
             chunks.append(self._release_all("flush", ends))
         return chunks
 
@@ -277,7 +286,10 @@ class AdaptiveChunker:
         return _boundary_kind(last.text, last.starts_line, lookahead.head, lookahead.breaks_before)
 
     def _cuts(self) -> list[_Cut]:
-        """Every place the pending text may be cut now, in order; a chunk must have something to say."""
+        """The places the pending text may be cut now, in order, up to the first one past the budget.
+
+        A chunk must have something to say, so no cut comes before the first letter or digit.
+        """
         units = self._pending.units
         speakable = _SPEAKABLE.search(self._pending.text)
         if not units or speakable is None:
@@ -287,6 +299,8 @@ class AdaptiveChunker:
             kind = unit.after if i < len(units) - 1 else self._last_kind(self._normalizer.lookahead)
             if kind and unit.end > speakable.start():
                 cuts.append(_Cut(unit.end, kind, i))
+                if unit.end > self._budget():
+                    break
         return cuts
 
     @staticmethod

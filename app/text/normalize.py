@@ -149,12 +149,13 @@ class Lookahead:
     breaks_before: int
 
 
-_CLOSERS = "\"')]}"
+CLOSING_MARKS = "\"')]}"
+OPENING_MARKS = "\"'([{"
 _SENTENCE_OR_CLAUSE_MARKS = ",.!?"
 
 
 def _ends_with_mark(text: str) -> bool:
-    mark = text.rstrip(_CLOSERS)[-1:]
+    mark = text.rstrip(CLOSING_MARKS)[-1:]
     return mark != "" and mark in _SENTENCE_OR_CLAUSE_MARKS
 
 
@@ -277,12 +278,11 @@ _LEADING_MARKS = re.compile(r"^[\s,.!?]+")
 _FINAL = re.compile(r"^(.*?)([,.!?]*)([\"')\]}]*)$", re.S)
 
 
-_OPENERS = re.compile(r"[\"'(\[{]*")
 
 
 def _capitalise(text: str) -> str:
     """Upper-case the first letter, also behind opening quotes (`punc_norm` only looks at the first one)."""
-    start = _OPENERS.match(text).end()
+    start = len(text) - len(text.lstrip(OPENING_MARKS))
     if text[start:start + 1].islower():
         return text[:start] + text[start].upper() + text[start + 1:]
     return text

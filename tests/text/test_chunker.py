@@ -68,12 +68,9 @@ fragment_texts = st.lists(st.tuples(st.sampled_from(FRAGMENTS), st.sampled_from(
     lambda parts: "".join(fragment + sep for fragment, sep in parts)
 )
 any_text = st.one_of(fragment_texts, st.text(max_size=120))
-configs = st.builds(
-    ChunkerConfig,
-    chunk_size=st.integers(25, 200),
-    first_chunk_min_chars=st.integers(1, 30),
-    first_chunk_max_chars=st.integers(10, 80),
-    min_chunk_chars=st.integers(1, 40),
+configs = st.tuples(st.integers(25, 200), st.integers(1, 30), st.integers(0, 50), st.integers(1, 40)).map(
+    lambda sizes: ChunkerConfig(chunk_size=sizes[0], first_chunk_min_chars=sizes[1],
+                                first_chunk_max_chars=sizes[1] + sizes[2], min_chunk_chars=sizes[3])
 )
 # Per piece: seconds since the previous one, the queued audio, and whether to poll before pushing.
 events = st.lists(st.tuples(st.floats(0, 1.0), st.sampled_from([0.0, 0.5, 1.0, 2.5, 4.0, 6.0]), st.booleans()),
@@ -290,3 +287,11 @@ def test_pending_chars_counts_text_not_yet_released() -> None:
     chunker = AdaptiveChunker()
     chunker.push("Hello   wor", now=0.0)
     assert chunker.pending_chars == len("Hello") + len("wor")
+
+
+@pytest.mark.parametrize("bad", [dict(chunk_size=24), dict(chunk_size=201),
+                                 dict(first_chunk_min_chars=50, first_chunk_max_chars=40),
+                                 dict(low_buffer_s=5.0, healthy_buffer_s=4.0)])
+def test_config_rejects_out_of_range_values(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        ChunkerConfig(**bad)
