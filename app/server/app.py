@@ -79,15 +79,17 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     worker.start()
     state.worker = worker
     state.metrics.track_queue_depth(lambda: worker.active_requests)
-    state.voices = VoiceLibrary(
-        root=settings.voices_dir, engine_key=engine.info.name, max_upload_bytes=settings.max_upload_bytes,
-        embed=lambda wav, sample_rate: worker.call(engine.embed_voice, wav, sample_rate),
-        save=engine.save_voice, load=engine.load_voice, default_voice=await worker.call(engine.default_voice))
-    warmup = asyncio.create_task(_warm_up(state))  # /health answers (and /ready says 503) meanwhile
+    warmup: asyncio.Task | None = None
     try:
+        state.voices = VoiceLibrary(
+            root=settings.voices_dir, engine_key=engine.info.name, max_upload_bytes=settings.max_upload_bytes,
+            embed=lambda wav, sample_rate: worker.call(engine.embed_voice, wav, sample_rate),
+            save=engine.save_voice, load=engine.load_voice, default_voice=await worker.call(engine.default_voice))
+        warmup = asyncio.create_task(_warm_up(state))  # /health answers (and /ready says 503) meanwhile
         yield
     finally:
-        warmup.cancel()
+        if warmup is not None:
+            warmup.cancel()
         await worker.stop()
 
 

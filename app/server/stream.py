@@ -11,6 +11,7 @@ chunk order into the outbox. Timing stats are taken when frames are actually han
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -20,7 +21,7 @@ from functools import partial
 from typing import Any, Callable
 
 import numpy as np
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from app.audio.encode import SAMPLE_RATES, STREAM_ENCODINGS, StreamEncoder
 from app.engine.types import EngineError, EngineRequest, GenerationSettings
@@ -41,6 +42,7 @@ SPEECH_CHARS_PER_SECOND = 15.0  # rough speaking rate, to estimate when not-yet-
 WATCHDOG_TICK_S = 0.25
 CLOSE_WAIT_S = 2.0  # how long a close waits for queued frames to reach a client that has stopped reading
 NORMAL_CLOSURE = 1000
+INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
 _FLUSH = "flush"
@@ -126,8 +128,12 @@ class Outbox:
                     await self._ws.close(item.payload.code, item.payload.reason)
                     return
                 await self._write(item)
-        except Exception as exc:  # the client went away: the receive loop sees the disconnect and cleans up
-            log.debug("sender stopped: %r", exc)
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            pass  # the client went away: the receive loop sees the disconnect and cleans up
+        except Exception:
+            log.exception("sender failed; closing the connection")
+            with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
+                await self._ws.close(INTERNAL_ERROR, "internal error")
         finally:
             self.finished.set()
 
@@ -558,7 +564,7 @@ class Connection:
         """Every tick: drop contexts whose client reads slower than real time; close the connection when
         nothing was received or sent for idle_timeout_s."""
         settings = self.services.settings
-        tick = min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, settings.idle_timeout_s / 4)
+        tick = max(0.01, min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, settings.idle_timeout_s / 4))
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()

@@ -48,6 +48,13 @@ class Session:
             if isinstance(item, dict) and item["type"] == kind and context_id in (None, item.get("context_id")):
                 return item
 
+    async def until_all(self, kind: str, context_ids: list[str], timeout: float = RECV_TIMEOUT_S) -> None:
+        """Read until each of `context_ids` has had an event of `kind` (in any order)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(not self.events(kind, context_id) for context_id in context_ids):
+            await self.recv(max(0.01, deadline - loop.time()))
+
     async def first_audio(self, channel: int, timeout: float = RECV_TIMEOUT_S) -> Frame:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

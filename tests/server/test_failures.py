@@ -28,9 +28,11 @@ async def test_engine_error_fails_only_the_affected_context(server_factory):
         await other.send("text", context_id="elsewhere", text="So is this one.")
         for s, context_id in ((session, "bad"), (session, "good"), (other, "elsewhere")):
             await s.send("end", context_id=context_id)
-        error = await session.until("error", "bad")
+        await session.until_all("error", ["bad"])
+        await session.until_all("done", ["good"])
+        (error,) = session.events("error", "bad")
         assert error["code"] == "engine_error" and "injected failure" in error["message"]
-        assert (await session.until("done", "good"))["stats"]["audio_s"] > 0
+        assert session.events("done", "good")[0]["stats"]["audio_s"] > 0
         assert (await other.until("done", "elsewhere"))["stats"]["audio_s"] > 0
     assert not session.events("done", "bad")
 

@@ -53,7 +53,7 @@ async def test_paragraph_streamed_token_by_token_comes_back_as_plausible_audio(s
     for event in session.events("chunk_done", "p"):
         chunk = event["stats"]
         assert chunk["audio_s"] > 0 and chunk["ttfa_ms"] >= 0 and chunk["synthesis_ms"] >= 0
-        assert chunk["rtf"] == pytest.approx(chunk["synthesis_ms"] / 1000 / chunk["audio_s"], rel=0.01)
+        assert chunk["rtf"] == pytest.approx(chunk["synthesis_ms"] / 1000 / chunk["audio_s"], rel=0.05, abs=2e-4)
 
 
 async def test_every_encoding_and_rate_gives_the_right_bytes_per_second(server_factory):
@@ -68,8 +68,7 @@ async def test_every_encoding_and_rate_gives_the_right_bytes_per_second(server_f
                                                        generation=ONE_SECOND)
             await session.send("text", context_id=context_id, text="Hello.")
             await session.send("end", context_id=context_id)
-        for context_id in channels:
-            await session.until("done", context_id)
+        await session.until_all("done", list(channels))
     for encoding, rate in formats:
         payload = session.audio(channels[f"{encoding}-{rate}"])
         width = BYTES_PER_SAMPLE[encoding]
@@ -126,8 +125,7 @@ async def test_two_interleaved_contexts_keep_their_own_channels_and_text(server_
                     await session.send("text", context_id=context_id, text=tokens[step])
         for context_id in texts:
             await session.send("end", context_id=context_id)
-        for context_id in texts:
-            await session.until("done", context_id)
+        await session.until_all("done", list(texts))
     assert channels["a"] != channels["b"]
     for context_id, text in texts.items():
         started = session.events("chunk_started", context_id)
