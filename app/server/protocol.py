@@ -190,7 +190,8 @@ def _is_int(value: Any) -> bool:
 # ---- server -> client -------------------------------------------------------------------------------------
 
 def event(kind: str, **fields: Any) -> str:
-    return orjson.dumps({"type": kind, **fields}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    # default=str: engine details may hold values JSON has no type for (a dtype, a path)
+    return orjson.dumps({"type": kind, **fields}, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
 
 
 def ready_event(engine: dict[str, Any], limits: dict[str, Any], defaults: dict[str, Any]) -> str:

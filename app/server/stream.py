@@ -1,7 +1,8 @@
 """`/v1/stream`: one WebSocket, many contexts (docs/protocol.md).
 
 Per connection: a receive loop (parses and applies client messages in order), an `Outbox` with one sender task
-(the only writer to the socket, so a slow reader blocks nobody but itself), and an idle watchdog.
+(the only writer to the socket, so a slow reader blocks nobody but itself), and a watchdog (idle timeout, slow
+readers).
 
 Per context: text -> `AdaptiveChunker` -> one engine request per chunk, submitted as soon as the chunk exists
 (chunks of a context may synthesize concurrently) -> an emitter task that encodes each chunk's audio strictly in
@@ -33,7 +34,7 @@ from app.server.runtime import GOING_AWAY, Runtime
 from app.server.stats import ChunkTimes, ContextTimes, PlaybackClock
 from app.settings import Settings
 from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
-from app.voices.library import VoiceError
+from app.voices.library import VoiceError, VoiceLibrary
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Services:
     worker: EngineWorker
     engine_info: dict[str, Any]
     sample_rate: int
-    voices: Any  # app.voices.library.VoiceLibrary
+    voices: VoiceLibrary
     metrics: Metrics
     base_generation: GenerationSettings
 
@@ -76,7 +77,13 @@ async def stream_endpoint(websocket: WebSocket) -> None:
 
 # ---- the send side ------------------------------------------------------------------------------------------
 
-Payload = str | bytes | Callable[[], str]  # a callable builds its event when sent (stats known by then)
+@dataclass
+class _Close:
+    code: int
+    reason: str
+
+
+Payload = str | bytes | Callable[[], str] | _Close  # a callable builds its event when sent (stats known by then)
 
 
 @dataclass
@@ -84,12 +91,6 @@ class _Item:
     payload: Payload
     owner: Any = None  # the context it belongs to; `purge` drops a context's items
     on_sent: Callable[[float], None] | None = None
-
-
-@dataclass
-class _Close:
-    code: int
-    reason: str
 
 
 class Outbox:
@@ -114,7 +115,7 @@ class Outbox:
 
     def close(self, code: int, reason: str) -> None:
         """Close after everything queued so far is sent; later sends are ignored."""
-        self.send(_Close(code, reason))  # type: ignore[arg-type]
+        self.send(_Close(code, reason))
         self._closing = True
 
     async def run(self) -> None:
