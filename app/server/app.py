@@ -23,11 +23,12 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from app.cache import ResponseCache
 from app.engine.base import Engine
 from app.engine.factory import build_engine
 from app.engine.worker import EngineWorker
 from app.metrics import Metrics
-from app.server import ops
+from app.server import http_api, openai_api, ops, voices_api
 from app.server.auth import ApiKeyMiddleware
 from app.server.runtime import Runtime
 from app.server.stream import stream_endpoint
@@ -43,7 +44,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     """`engine` is injectable for tests; by default the lifespan builds the one the settings name."""
-    routes: list[BaseRoute] = [*ops.routes, WebSocketRoute("/v1/stream", stream_endpoint)]
+    routes: list[BaseRoute] = [*ops.routes, *http_api.routes, *openai_api.routes, *voices_api.routes,
+                               WebSocketRoute("/v1/stream", stream_endpoint)]
     public_paths = {"/health"}
     if (STATIC_DIR / "index.html").is_file():
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
@@ -54,6 +56,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = Metrics()
+    app.state.response_cache = ResponseCache(settings.cache_bytes)
     app.state.runtime = Runtime(settings.chunk_size)
     return app
 

@@ -1,0 +1,214 @@
+"""POST /v1/audio/speech, compatible with OpenAI's speech API (point an OpenAI SDK's base_url at `/v1`).
+
+Honoured:
+- `model`: tts-1, tts-1-hd, gpt-4o-mini-tts(-2025-12-15) and chatterbox all mean this server's engine.
+- `input`: 1-4096 characters.
+- `voice`: a voice id of this server (a string, or `{"id": ...}`). OpenAI's stock names (alloy, ash, ballad,
+  coral, echo, fable, onyx, nova, sage, shimmer, verse, marin, cedar) speak with the "default" voice unless
+  the library holds a voice with that id.
+- `response_format`: mp3 (default), opus (Ogg), flac, wav, pcm (24 kHz s16le mono, as OpenAI defines it);
+  aac is refused with 400. wav and pcm stream as the audio is produced (wav behind a header of open-ended
+  length); mp3, opus and flac are encoded when synthesis ends and sent then.
+- `speed` (0.25-4.0): a pitch-preserving time stretch of the finished audio (ffmpeg's `atempo`), so a speed
+  other than 1.0 also makes wav and pcm wait for the end of synthesis. Needs ffmpeg on the server.
+- `stream_format`: `audio` (default; raw bytes as produced) or `sse`: `speech.audio.delta` events with
+  base64 audio of the chosen format, then `speech.audio.done` with `usage` (input_tokens = characters of
+  `input`, output_tokens = speech tokens generated (25 per second of audio; 0 for a cached answer)).
+Ignored: `instructions` (Chatterbox takes no style prompt; `exaggeration` is the closest control).
+Extensions (not in OpenAI's API; e.g. the SDK's `extra_body`): exaggeration, cfg_weight, temperature, top_p,
+min_p, repetition_penalty, seed. With a seed, identical requests are answered from the response cache.
+Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import time
+from functools import partial
+from typing import Any, AsyncIterator
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.server.http_api import GENERATION_FIELDS, generation_settings, opened
+from app.server.http_common import (BadJson, BodyTooLarge, ClientDisconnected, ClosingStreamingResponse,
+                                    read_json_object)
+from app.server.synthesis import AudioBody, FileBody, Speech, SpeechError, SpeechRequest, SpeechService
+from app.voices.library import DEFAULT_VOICE_ID, VoiceError
+
+MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15", "chatterbox")
+STOCK_VOICES = frozenset("alloy ash ballad coral echo fable onyx nova sage shimmer verse marin cedar".split())
+FORMATS = ("mp3", "opus", "flac", "wav", "pcm")
+STREAM_FORMATS = ("audio", "sse")
+MAX_INPUT_CHARS = 4096
+SPEED_RANGE = (0.25, 4.0)
+_FIELDS = frozenset({"model", "input", "voice", "instructions", "response_format", "speed", "stream_format"}
+                    | GENERATION_FIELDS)
+_BODY_LIMIT = 12 * MAX_INPUT_CHARS + 64 * 1024
+_FFMPEG = shutil.which("ffmpeg")
+_ATEMPO_RANGE = (0.5, 2.0)  # what every ffmpeg version's atempo accepts in one stage
+_FFMPEG_TIMEOUT_S = 60.0
+
+
+class OpenAIError(Exception):
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.status, self.param, self.code, self.kind = message, status, param, code, kind
+
+
+async def speech(request: Request) -> Response:
+    received = time.monotonic()
+    service = SpeechService.from_state(request.app.state)
+    try:
+        body = await read_json_object(request, _BODY_LIMIT)
+        speech_request, fmt, speed, stream_format = _parse(body, service)
+        audio = _audio_body(service, fmt, speed)
+        try:
+            prepared = await service.prepare(speech_request, audio, received)
+            await opened(request, prepared)
+        except SpeechError as exc:
+            raise _from_speech_error(exc) from None
+    except OpenAIError as exc:
+        return _error_response(request, exc)
+    except BadJson as exc:
+        return _error_response(request, OpenAIError(str(exc), code="invalid_json"))
+    except BodyTooLarge as exc:
+        return _error_response(request, OpenAIError(str(exc), status=413, code="request_too_large"))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    headers = prepared.headers
+    if stream_format == "sse":
+        usage_chars = len(speech_request.text)
+        return ClosingStreamingResponse(_sse_events(prepared, usage_chars), media_type="text/event-stream",
+                                        headers={**headers, "Cache-Control": "no-cache"})
+    return ClosingStreamingResponse(prepared.body(), media_type=audio.media_type, headers=headers)
+
+
+def _parse(body: dict[str, Any], service: SpeechService) -> tuple[SpeechRequest, str, float, str]:
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise OpenAIError(f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0],
+                          code="unknown_parameter")
+    model = body.get("model")
+    if model not in MODELS:
+        raise OpenAIError(f"The model {model!r} does not exist; use one of {', '.join(MODELS)}", status=404,
+                          param="model", code="model_not_found")
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise OpenAIError("`input` must be a non-empty string", param="input", code="invalid_value")
+    if len(text) > MAX_INPUT_CHARS:
+        raise OpenAIError(f"`input` has {len(text)} characters; the maximum is {MAX_INPUT_CHARS}", param="input",
+                          code="string_above_max_length")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise OpenAIError("`instructions` must be a string", param="instructions", code="invalid_type")
+    fmt = body.get("response_format", "mp3")
+    if fmt not in FORMATS:
+        raise OpenAIError(f"response_format {fmt!r} is not supported by this server; use one of "
+                          f"{', '.join(FORMATS)}", param="response_format", code="unsupported_value")
+    stream_format = body.get("stream_format", "audio")
+    if stream_format not in STREAM_FORMATS:
+        raise OpenAIError(f"stream_format must be one of {', '.join(STREAM_FORMATS)}", param="stream_format",
+                          code="invalid_value")
+    speed = _speed(body.get("speed", 1.0))
+    try:
+        settings = generation_settings(body, service.base_generation)
+    except SpeechError as exc:
+        raise OpenAIError(exc.message, code=exc.code) from None
+    return SpeechRequest(text, _voice_id(body.get("voice"), service), settings), fmt, speed, stream_format
+
+
+def _voice_id(voice: Any, service: SpeechService) -> str:
+    if isinstance(voice, dict) and set(voice) == {"id"}:
+        voice = voice["id"]
+    if not isinstance(voice, str) or not voice:
+        raise OpenAIError("`voice` must be a voice id (a string, or an object {\"id\": ...})", param="voice",
+                          code="invalid_value")
+    if voice.lower() in STOCK_VOICES:
+        try:
+            return service.services.voices.get(voice.lower()).id
+        except VoiceError:
+            return DEFAULT_VOICE_ID
+    return voice
+
+
+def _speed(value: Any) -> float:
+    low, high = SPEED_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise OpenAIError(f"`speed` must be a number from {low} to {high}", param="speed", code="invalid_value")
+    if value != 1.0 and _FFMPEG is None:
+        raise OpenAIError("this server cannot change the speed (ffmpeg is not installed); use speed 1.0",
+                          param="speed", code="unsupported_value")
+    return float(value)
+
+
+def _audio_body(service: SpeechService, fmt: str, speed: float) -> AudioBody:
+    if speed == 1.0:
+        return service.audio_body(fmt, progressive=True)
+    return FileBody(fmt, source_rate=service.services.sample_rate, transform=partial(change_tempo, speed=speed),
+                    transform_key=f"speed={speed!r}")
+
+
+def change_tempo(pcm: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
+    """`pcm` played `speed` times faster at the same pitch, through ffmpeg's atempo (WSOLA) filter, chained
+    for factors outside the range one stage accepts."""
+    stages, rest = [], speed
+    while not _ATEMPO_RANGE[0] <= rest <= _ATEMPO_RANGE[1]:
+        step = _ATEMPO_RANGE[1] if rest > 1 else _ATEMPO_RANGE[0]
+        stages.append(step)
+        rest /= step
+    stages.append(rest)
+    command = [_FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "f32le", "-ar", str(sample_rate),
+               "-ac", "1", "-i", "pipe:0", "-filter:a", ",".join(f"atempo={stage:.6f}" for stage in stages),
+               "-f", "f32le", "pipe:1"]
+    done = subprocess.run(command, input=pcm.astype("<f4").tobytes(), capture_output=True,
+                          timeout=_FFMPEG_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise SpeechError("engine_error", f"changing the speed failed: {done.stderr.decode(errors='replace')}", 500)
+    return np.frombuffer(done.stdout, dtype="<f4").astype(np.float32)
+
+
+async def _sse_events(speech: Speech, input_chars: int) -> AsyncIterator[bytes]:
+    try:
+        async for data in speech.body():
+            yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
+    except SpeechError as exc:  # headers are gone: the failure travels in the stream
+        error = _from_speech_error(exc)
+        yield _sse({"type": "error", "error": _error_object(error)})
+        return
+    output_tokens = speech.timings.speech_tokens
+    yield _sse({"type": "speech.audio.done", "usage": {"input_tokens": input_chars, "output_tokens": output_tokens,
+                                                       "total_tokens": input_chars + output_tokens}})
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _from_speech_error(exc: SpeechError) -> OpenAIError:
+    if exc.code in ("unknown_voice", "invalid_voice_name"):
+        return OpenAIError(exc.message, status=400, param="voice", code=exc.code)
+    if exc.status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    param = "input" if exc.code in ("nothing_to_speak", "text_too_long") else None
+    return OpenAIError(exc.message, status=exc.status, param=param, code=exc.code, kind=kind)
+
+
+def _error_object(error: OpenAIError) -> dict[str, Any]:
+    return {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}
+
+
+def _error_response(request: Request, error: OpenAIError) -> Response:
+    request.app.state.metrics.errors.labels(error.code or error.kind).inc()
+    return JSONResponse({"error": _error_object(error)}, status_code=error.status)
+
+
+routes = [Route("/v1/audio/speech", speech, methods=["POST"])]

@@ -1,0 +1,376 @@
+"""Speaking one whole text: the service behind POST /synthesize and POST /v1/audio/speech.
+
+The text goes through the same `AdaptiveChunker` as /v1/stream: a small first chunk (time to first audio),
+then whole sentences packed up to the chunk budget (the whole text is known, so nothing waits for a
+deadline). Every chunk is submitted to the engine worker at once, so a reply's chunks synthesize
+concurrently, batched with everything else the engine runs; their audio comes back strictly in chunk order as
+it is produced, and an `AudioBody` turns it into the response's bytes.
+
+Seeded requests go through the response cache, keyed by the texts the engine speaks, the voice and its
+content hash, the settings, the body's format and any caller extras: a hit is served without touching the
+engine; a miss is stored once its synthesis completed. Unseeded requests never touch the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import numpy as np
+
+from app.audio.encode import StreamEncoder, content_type, encode_file, streaming_wav_header
+from app.cache import ResponseCache, cache_key, is_cacheable
+from app.engine.types import SAMPLE_RATE, EngineRequest, GenerationSettings
+from app.server.stats import ChunkTimes
+from app.server.stream import ChunkJob, Services
+from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
+from app.voices.library import DEFAULT_VOICE_ID, VoiceError
+
+# The whole text is known up front: tell the chunker the listener is well supplied, so after the first chunk
+# it packs whole sentences up to the budget instead of cutting at clauses.
+WHOLE_TEXT_BUFFER_S = math.inf
+OUTPUT_RATE = SAMPLE_RATE  # every HTTP response is 24 kHz (OpenAI's `pcm` is defined as 24 kHz s16le)
+
+
+class SpeechError(Exception):
+    """A failure the API layers report to the client: stable `code`, readable `message`, HTTP `status`."""
+
+    def __init__(self, code: str, message: str, status: int):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    voice: str = DEFAULT_VOICE_ID
+    settings: GenerationSettings = GenerationSettings()
+    priority: int = 0
+
+
+# ---- response bodies ----------------------------------------------------------------------------------------
+
+class AudioBody(ABC):
+    """Turns the engine's PCM (float32 at `source_rate`) into one response body, piece by piece."""
+
+    media_type: str
+    progressive: bool  # bytes leave while audio is still being produced
+
+    @property
+    @abstractmethod
+    def cache_name(self) -> str:
+        """Everything about the encoding that changes the bytes (the cache key's format)."""
+
+    def start(self) -> bytes:
+        return b""
+
+    @abstractmethod
+    def encode(self, pcm: np.ndarray) -> bytes: ...
+
+    @abstractmethod
+    def finish(self) -> bytes: ...
+
+
+class PcmBody(AudioBody):
+    """16-bit PCM as it is produced: raw s16le, or WAV behind a header of open-ended length."""
+
+    progressive = True
+
+    def __init__(self, wav_header: bool, source_rate: int = SAMPLE_RATE):
+        self.wav_header = wav_header
+        self.media_type = content_type("wav" if wav_header else "pcm")
+        self._encoder = StreamEncoder("pcm_s16le", OUTPUT_RATE, source_rate=source_rate)
+
+    @property
+    def cache_name(self) -> str:
+        return "wav-stream" if self.wav_header else "pcm"
+
+    def start(self) -> bytes:
+        return streaming_wav_header(OUTPUT_RATE) if self.wav_header else b""
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        return self._encoder.encode(pcm)
+
+    def finish(self) -> bytes:
+        return self._encoder.flush()
+
+
+class FileBody(AudioBody):
+    """A complete file (`encode_file` formats), written once all audio exists. `transform` changes the whole
+    PCM first (e.g. a tempo change); `transform_key` names it in the cache key."""
+
+    progressive = False
+
+    def __init__(self, fmt: str, source_rate: int = SAMPLE_RATE,
+                 transform: Callable[[np.ndarray, int], np.ndarray] | None = None, transform_key: str = ""):
+        self.fmt = fmt
+        self.media_type = content_type(fmt)
+        self._source_rate = source_rate
+        self._transform = transform
+        self._transform_key = transform_key
+        self._pieces: list[np.ndarray] = []
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.fmt}+{self._transform_key}" if self._transform_key else self.fmt
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        self._pieces.append(pcm)
+        return b""
+
+    def finish(self) -> bytes:
+        pcm = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
+        if self._transform is not None:
+            pcm = self._transform(pcm, self._source_rate)
+        return encode_file(pcm, self._source_rate, self.fmt)
+
+
+# ---- timings ------------------------------------------------------------------------------------------------
+
+@dataclass
+class SpeechTimings:
+    """Monotonic times of one synthesis; `received` is when the HTTP request arrived."""
+
+    received: float
+    sample_rate: int = SAMPLE_RATE
+    first_audio: float | None = None  # the engine delivered the first audio of chunk 0
+    finished: float | None = None  # the last chunk's audio arrived
+    audio_samples: int = 0
+    speech_tokens: int = 0
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_samples / self.sample_rate
+
+    @property
+    def synthesis_s(self) -> float | None:
+        return None if self.finished is None else self.finished - self.received
+
+    @property
+    def rtf(self) -> float | None:
+        synthesis_s = self.synthesis_s
+        return None if synthesis_s is None or self.audio_s <= 0 else synthesis_s / self.audio_s
+
+    def headers(self) -> dict[str, str]:
+        """What is known so far, as response headers."""
+        headers = {}
+        if self.first_audio is not None:
+            headers["X-TTFA-Ms"] = f"{(self.first_audio - self.received) * 1000:.1f}"
+        if self.synthesis_s is not None:
+            headers["X-Synthesis-Ms"] = f"{self.synthesis_s * 1000:.1f}"
+            headers["X-Audio-Seconds"] = f"{self.audio_s:.3f}"
+            if self.rtf is not None:
+                headers["X-RTF"] = f"{self.rtf:.4f}"
+        return headers
+
+
+# ---- one synthesis ------------------------------------------------------------------------------------------
+
+class _DrainHandle:
+    """How a drain sees an HTTP synthesis (`Runtime.connections`): one open context, which a drain that runs
+    out of time stops."""
+
+    open_contexts = 1
+
+    def __init__(self, stop: Callable[[], None]):
+        self._stop = stop
+
+    async def close(self, code: int, reason: str) -> None:
+        self._stop()
+
+
+@dataclass
+class Speech:
+    """One prepared synthesis. `await open()` starts it (or finds it in the cache) and returns once the
+    first audio bytes exist, so headers can carry the time to first audio; then iterate `body()` once.
+    `close()` (also run when `body()` ends early) aborts whatever is still running."""
+
+    services: Services
+    cache: ResponseCache
+    request: SpeechRequest
+    audio: AudioBody
+    chunks: list[TextChunk]
+    conditionals: Any
+    key: tuple | None  # None: not cacheable
+    timings: SpeechTimings
+    cache_status: str = "bypass"  # "hit" | "miss" | "bypass" (no seed, or the cache is off)
+    _jobs: list[ChunkJob] = field(default_factory=list)
+    _pending: list[bytes] = field(default_factory=list)
+    _source: AsyncIterator[bytes] | None = None
+    _drain_handle: _DrainHandle | None = None
+    _closed: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Cache": self.cache_status, "X-Engine": self.services.engine_info["engine"],
+                **self.timings.headers()}
+
+    async def open(self) -> None:
+        if self.key is not None:
+            cached = self.cache.get(self.key)
+            self.cache_status = "miss" if cached is None else "hit"
+            metrics = self.services.metrics
+            (metrics.cache_misses if cached is None else metrics.cache_hits).inc()
+            if cached is not None:
+                self._pending.append(cached)
+                self._close()
+                return
+        self._start()
+        self._source = self._produce()
+        async for data in self._source:  # up to the first audio, so the headers can tell its time
+            self._pending.append(data)
+            if self.timings.first_audio is not None and (data or not self.audio.progressive):
+                break
+
+    async def body(self) -> AsyncIterator[bytes]:
+        try:
+            pending, self._pending = self._pending, []
+            for data in pending:
+                if data:
+                    yield data
+            if self._source is not None:
+                async for data in self._source:
+                    if data:
+                        yield data
+        finally:
+            self._close()
+
+    async def read_all(self) -> bytes:
+        return b"".join([data async for data in self.body()])
+
+    def close(self) -> None:
+        self._close()
+
+    # ---- internals ------------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        services = self.services
+        request_id = f"http-{uuid.uuid4().hex[:12]}"
+        now = time.monotonic()
+        for chunk in self.chunks:
+            job = ChunkJob(chunk, ChunkTimes(first_text=self.timings.received, released=now))
+            engine_request = EngineRequest(
+                request_id=f"{request_id}-{chunk.index}", text=chunk.speak_text, voice=self.conditionals,
+                settings=self.request.settings, priority=self.request.priority,
+                # The listener needs this chunk once the audio of the chunks before it has played.
+                deadline=now + sum(earlier.estimated_unqueued_s() for earlier in self._jobs),
+                first_in_context=chunk.index == 0, arrival=now)
+            job.start(services.worker.submit(engine_request))
+            self._jobs.append(job)
+        self._drain_handle = _DrainHandle(self._close)
+        services.runtime.connections.add(self._drain_handle)
+        services.metrics.active_streams.inc()
+
+    async def _produce(self) -> AsyncIterator[bytes]:
+        """The body's bytes, chunk by chunk in order; stores the complete body when it is cacheable."""
+        stored: list[bytes] | None = [] if self.key is not None else None
+
+        def emit(data: bytes) -> bytes:
+            if stored is not None:
+                stored.append(data)
+            return data
+
+        yield emit(self.audio.start())
+        for job in self._jobs:
+            samples = 0
+            while (pcm := await job.pieces.get()) is not None:
+                self._on_audio(pcm)
+                samples += pcm.size
+                yield emit(self.audio.encode(pcm))
+            if job.error is not None:
+                raise SpeechError(job.error.code, job.error.message, 500)
+            self._on_chunk_done(job, samples / self.timings.sample_rate)
+        self.timings.finished = time.monotonic()
+        # A whole file is encoded (and maybe stretched) here: off the event loop, which serves every stream.
+        yield emit(self.audio.finish() if self.audio.progressive else await asyncio.to_thread(self.audio.finish))
+        if stored is not None:
+            self.cache.put(self.key, b"".join(stored))
+        self._close()
+
+    def _on_audio(self, pcm: np.ndarray) -> None:
+        timings = self.timings
+        if timings.first_audio is None:
+            timings.first_audio = time.monotonic()
+            if self.audio.progressive:  # the client hears it now; a whole-file body's client hears nothing yet
+                self.services.metrics.ttfa.observe(timings.first_audio - timings.received)
+        timings.audio_samples += pcm.size
+
+    def _on_chunk_done(self, job: ChunkJob, audio_s: float) -> None:
+        metrics = self.services.metrics
+        self.timings.speech_tokens += job.speech_tokens
+        metrics.speech_tokens.inc(job.speech_tokens)
+        synthesis_s = job.times.synthesis_s
+        if synthesis_s is not None and audio_s > 0:
+            metrics.rtf.observe(synthesis_s / audio_s)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for job in self._jobs:
+            job.cancel()  # a no-op for finished requests; frees the engine slot of running ones
+        if self._drain_handle is not None:
+            self.services.runtime.connections.discard(self._drain_handle)
+            self.services.metrics.active_streams.dec()
+            self.services.runtime.contexts_changed()
+
+
+class SpeechService:
+    """Prepares `Speech`es from what lives on `app.state`."""
+
+    def __init__(self, services: Services, cache: ResponseCache):
+        self.services = services
+        self.cache = cache
+
+    @classmethod
+    def from_state(cls, state: Any) -> "SpeechService":
+        return cls(Services.from_state(state), state.response_cache)
+
+    @property
+    def base_generation(self) -> GenerationSettings:
+        """Defaults and caps (max_new_tokens) for the settings of a request."""
+        return self.services.base_generation
+
+    def audio_body(self, fmt: str, progressive: bool) -> AudioBody:
+        """`fmt` (an `encode_file` format) sent as produced where it can be (raw PCM, WAV with an open-ended
+        header) and `progressive` is asked for; otherwise a complete file, written at the end."""
+        if fmt == "pcm" or (fmt == "wav" and progressive):
+            return PcmBody(wav_header=fmt == "wav", source_rate=self.services.sample_rate)
+        return FileBody(fmt, source_rate=self.services.sample_rate)
+
+    async def prepare(self, request: SpeechRequest, audio: AudioBody, received: float) -> Speech:
+        self._check_serving()
+        try:
+            record = self.services.voices.get(request.voice)
+            conditionals = await self.services.voices.conditionals(request.voice)
+        except VoiceError as exc:
+            raise SpeechError(exc.code, exc.message, exc.status) from None
+        chunks = [chunk for chunk in self._chunks(request.text) if chunk.speak_text]
+        if not chunks:
+            raise SpeechError("nothing_to_speak", "the text has nothing to speak (no letters or digits)", 422)
+        key = None
+        if is_cacheable(request.settings) and self.cache.enabled:
+            spoken = "\n".join(chunk.speak_text for chunk in chunks)  # exactly what the engine is given
+            key = cache_key(spoken, record.id, record.hash, request.settings, audio.cache_name, OUTPUT_RATE)
+        timings = SpeechTimings(received=received, sample_rate=self.services.sample_rate)
+        return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings)
+
+    def _check_serving(self) -> None:
+        runtime = self.services.runtime
+        if runtime.draining:
+            raise SpeechError("shutting_down", "the server is shutting down", 503)
+        if not runtime.ready:
+            raise SpeechError("warming_up", f"the engine is not ready yet ({runtime.not_ready_reason})", 503)
+
+    def _chunks(self, text: str) -> list[TextChunk]:
+        chunker = AdaptiveChunker(ChunkerConfig(chunk_size=self.services.runtime.chunk_size))
+        now = time.monotonic()
+        return chunker.push(text, now, WHOLE_TEXT_BUFFER_S) + chunker.end()
+

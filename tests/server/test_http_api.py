@@ -1,0 +1,243 @@
+"""POST /synthesize end to end (real uvicorn, httpx), the response cache as seen through /metrics, and the
+engine work an abandoned request leaves behind."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.engine.espeak import EspeakEngine
+from app.text.chunker import AdaptiveChunker, ChunkerConfig
+from fake_engines import ToneEngine
+from harness import make_settings, run_server
+
+RATE = 24000
+TEXT = ("The quick brown fox jumps over the lazy dog. Then it runs into the forest, "
+        "where nobody can see it any more.")
+HELPERS_METRICS = ("chatterbox_ttfa_seconds", "chatterbox_rtf", "chatterbox_active_streams",
+                   "chatterbox_active_connections", "chatterbox_queue_depth", "chatterbox_batch_size",
+                   "chatterbox_speech_tokens_total", "chatterbox_cache_hits_total", "chatterbox_cache_misses_total",
+                   "chatterbox_compile_seconds", "chatterbox_errors_total", "chatterbox_underruns_total")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with run_server(make_settings(tmp_path_factory.mktemp("http"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tone_server(tmp_path_factory):
+    """A paced fake engine: 0.05 s of audio per character, 0.1 s of it per 20 ms step; "FAIL" fails."""
+    engine = ToneEngine(step_sleep_s=0.02)
+    with run_server(make_settings(tmp_path_factory.mktemp("tone")), engine=engine) as running:
+        yield running
+
+
+def synthesize(server, **fields) -> httpx.Response:
+    return server.post("/synthesize", json=fields)
+
+
+def metric_samples(server) -> dict[str, float]:
+    """Every sample of /metrics by name (labels appended as `name{k=v}`), through the Prometheus parser."""
+    samples = {}
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def decode(data: bytes) -> np.ndarray:
+    pcm, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == RATE
+    return pcm
+
+
+def espeak_reference(text: str, chunk_size: int = 50) -> np.ndarray:
+    """What the server should say: the text chunked as the server chunks it, each chunk spoken in order."""
+    chunker = AdaptiveChunker(ChunkerConfig(chunk_size=chunk_size))
+    chunks = chunker.push(text, 0.0, float("inf")) + chunker.end()
+    assert len(chunks) >= 2
+    engine = EspeakEngine()
+    return np.concatenate([engine.synthesize(chunk.speak_text, engine.default_voice()) for chunk in chunks])
+
+
+def as_s16(pcm: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(pcm, -1, 1) * 32767).astype(np.int16)
+
+
+def wav_samples(wav: bytes) -> np.ndarray:
+    """The s16 samples of a complete 44-byte-header WAV, after checking its sizes."""
+    assert wav[:4] == b"RIFF" and wav[8:16] == b"WAVEfmt " and wav[36:40] == b"data"
+    assert int.from_bytes(wav[40:44], "little") == len(wav) - 44
+    return np.frombuffer(wav[44:], "<i2")
+
+
+def test_non_streaming_wav_is_the_chunks_spoken_in_order_with_timing_headers(server):
+    response = synthesize(server, text=TEXT)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/wav"
+    assert response.headers["x-engine"] == "espeak" and response.headers["x-cache"] == "bypass"
+    np.testing.assert_array_equal(wav_samples(response.content), as_s16(espeak_reference(TEXT)))
+    audio_s = float(response.headers["x-audio-seconds"])
+    assert audio_s == pytest.approx(len(decode(response.content)) / RATE, abs=0.001)
+    synthesis_ms, ttfa_ms = float(response.headers["x-synthesis-ms"]), float(response.headers["x-ttfa-ms"])
+    assert 0 < ttfa_ms <= synthesis_ms
+    assert float(response.headers["x-rtf"]) == pytest.approx(synthesis_ms / 1000 / audio_s, rel=0.01)
+
+
+def test_streaming_pcm_and_wav_carry_the_same_audio_as_the_file(server):
+    whole = wav_samples(synthesize(server, text=TEXT).content)
+    pcm = synthesize(server, text=TEXT, streaming=True, response_format="pcm")
+    assert pcm.headers["content-type"] == "audio/pcm" and pcm.headers["transfer-encoding"] == "chunked"
+    assert float(pcm.headers["x-ttfa-ms"]) > 0 and "x-synthesis-ms" not in pcm.headers
+    np.testing.assert_array_equal(np.frombuffer(pcm.content, "<i2"), whole)
+    wav = synthesize(server, text=TEXT, streaming=True, response_format="wav")
+    assert wav.content[40:44] == b"\xff\xff\xff\xff"  # data size unknown when the header left
+    np.testing.assert_array_equal(np.frombuffer(wav.content[44:], "<i2"), whole)
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "opus"])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_compressed_formats_decode_to_the_speech(server, fmt, streaming):
+    response = synthesize(server, text="Compressed formats work too.", response_format=fmt, streaming=streaming)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == {"flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}[fmt]
+    pcm, rate = sf.read(io.BytesIO(response.content), dtype="float32")
+    assert 1.0 < len(pcm) / rate < 3.5 and np.abs(pcm).max() > 0.05
+
+
+def test_streaming_audio_arrives_while_synthesis_is_still_running(tone_server):
+    text = "One sentence to start with. " * 6  # about 8 s of tone: 80 steps of 20 ms
+    started = time.monotonic()
+    with httpx.stream("POST", tone_server.base_url + "/synthesize", timeout=30,
+                      json={"text": text, "streaming": True, "response_format": "pcm"}) as response:
+        pieces = response.iter_raw()
+        first = next(pieces)
+        first_at = time.monotonic() - started
+        total = len(first) + sum(len(piece) for piece in pieces)
+    finished_at = time.monotonic() - started
+    assert first and first_at < 0.4 * finished_at
+    assert total == pytest.approx(len(text.strip()) * 0.05 * RATE * 2, rel=0.05)
+
+
+@pytest.mark.parametrize("fields, status, code", [
+    ({}, 422, "invalid_request"),
+    ({"text": "   "}, 422, "invalid_request"),
+    ({"text": "Hi.", "bogus": 1}, 422, "invalid_request"),
+    ({"text": "Hi.", "streaming": "yes"}, 422, "invalid_request"),
+    ({"text": "Hi.", "enable_batching": 1}, 422, "invalid_request"),
+    ({"text": "Hi.", "priority": 1.5}, 422, "invalid_request"),
+    ({"text": "Hi.", "priority": 5000}, 422, "invalid_request"),
+    ({"text": "Hi.", "response_format": "aac"}, 422, "invalid_request"),
+    ({"text": "Hi.", "temperature": 0}, 422, "invalid_settings"),
+    ({"text": "Hi.", "exaggeration": "high"}, 422, "invalid_settings"),
+    ({"text": "Hi.", "cfg_weight": 7}, 422, "invalid_settings"),
+    ({"text": "Hi.", "seed": -1}, 422, "invalid_settings"),
+    ({"text": "Hi.", "voice": "nobody"}, 404, "unknown_voice"),
+    ({"text": "Hi.", "voice": "Not A Name"}, 400, "invalid_voice_name"),
+    ({"text": "?! ..."}, 422, "nothing_to_speak"),
+    ({"text": "a" * 20001}, 422, "text_too_long"),
+])
+def test_invalid_requests_are_refused_with_a_clear_error(server, fields, status, code):
+    response = synthesize(server, **fields)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+
+
+def test_malformed_and_oversized_bodies_are_refused(server):
+    assert server.post("/synthesize", content=b"{not json").json()["error"]["code"] == "bad_json"
+    assert server.post("/synthesize", content=b"[1, 2]").status_code == 400
+    huge = server.post("/synthesize", content=b"x" * (12 * 20000 + 70 * 1024))
+    assert huge.status_code == 413
+    accepted = synthesize(server, text="Valid settings pass.", exaggeration=0.9, cfg_weight=0.3, temperature=0.6,
+                          top_p=0.9, min_p=0.1, repetition_penalty=1.5, priority=10, enable_batching=False, seed=7)
+    assert accepted.status_code == 200
+
+
+def test_a_seeded_repeat_is_served_from_the_cache_without_engine_work(server):
+    request = {"text": "Caching saves the engine some work.", "seed": 1234, "response_format": "mp3"}
+    before = metric_samples(server)
+    first = synthesize(server, **request)
+    after_first = metric_samples(server)
+    second = synthesize(server, **request)
+    after_second = metric_samples(server)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert second.content == first.content
+    assert after_first["chatterbox_cache_misses_total"] == before["chatterbox_cache_misses_total"] + 1
+    assert after_first["chatterbox_batch_size_count"] > before["chatterbox_batch_size_count"]
+    assert after_second["chatterbox_cache_hits_total"] == after_first["chatterbox_cache_hits_total"] + 1
+    for engine_work in ("chatterbox_batch_size_count", "chatterbox_speech_tokens_total"):
+        assert after_second[engine_work] == after_first[engine_work]
+    # Another format, seed or setting is another entry.
+    for variant in ({"response_format": "wav"}, {"seed": 1235}, {"exaggeration": 0.7}):
+        assert synthesize(server, **{**request, **variant}).headers["x-cache"] == "miss"
+    streamed = synthesize(server, **{**request, "response_format": "pcm", "streaming": True})
+    assert streamed.headers["x-cache"] == "miss"
+    assert synthesize(server, **{**request, "response_format": "pcm"}).headers["x-cache"] == "hit"
+
+
+def test_unseeded_requests_never_touch_the_cache(server):
+    before = metric_samples(server)
+    for _ in range(2):
+        response = synthesize(server, text="No seed, no cache.")
+        assert response.headers["x-cache"] == "bypass"
+    after = metric_samples(server)
+    for counter in ("chatterbox_cache_hits_total", "chatterbox_cache_misses_total"):
+        assert after[counter] == before[counter]
+    assert after["chatterbox_batch_size_count"] > before["chatterbox_batch_size_count"]
+    assert after["chatterbox_speech_tokens_total"] >= before["chatterbox_speech_tokens_total"] + 2 * 25
+
+
+def test_metrics_parse_and_name_everything_the_helpers_list(server):
+    synthesize(server, text="Count me.", streaming=True, response_format="pcm")
+    samples = metric_samples(server)
+    for name in HELPERS_METRICS:
+        assert any(sample == name or sample.startswith((name + "_", name + "{")) for sample in samples), name
+    assert samples["chatterbox_ttfa_seconds_count"] >= 1 and samples["chatterbox_rtf_count"] >= 1
+    assert samples["chatterbox_active_streams"] == 0
+    assert samples["chatterbox_errors_total{code=unknown_voice}"] >= 0  # labelled after the error test ran
+
+
+def test_engine_failure_before_audio_is_a_500_and_mid_stream_cuts_the_response(tone_server):
+    failed = synthesize(tone_server, text="This will FAIL at once.")
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "engine_error"
+    with pytest.raises(httpx.RemoteProtocolError):  # the body ends without its final chunk
+        synthesize(tone_server, text="The first sentence is fine, and long enough to go alone. "
+                                     "The second one will FAIL.", streaming=True, response_format="pcm")
+    assert synthesize(tone_server, text="Still serving.").status_code == 200
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_client_that_goes_away_frees_the_engine(tmp_path, streaming):
+    engine = ToneEngine(endless=True, step_sleep_s=0.01)
+    with run_server(make_settings(tmp_path), engine=engine) as server:
+        state = server.app.state
+        body = {"text": "First sentence here, long enough. Second sentence there.", "streaming": streaming}
+        if streaming:
+            with httpx.stream("POST", server.base_url + "/synthesize", json=body, timeout=10) as response:
+                pieces = response.iter_raw()  # kept: a dropped iterator closes the response
+                next(pieces)
+                assert state.worker.active_requests == 2  # both chunks synthesize concurrently
+                assert state.runtime.open_contexts == 1  # a drain would wait for it
+        else:
+            with pytest.raises(httpx.ReadTimeout):  # an endless engine never finishes the file
+                httpx.post(server.base_url + "/synthesize", json=body, timeout=0.5)
+        wait_for(lambda: state.worker.active_requests == 0 and not engine.running)
+        assert state.runtime.open_contexts == 0
+        assert metric_samples(server)["chatterbox_active_streams"] == 0
