@@ -29,6 +29,7 @@ import numpy as np
 
 from app.audio.resample import as_mono_f32, resample
 from app.engine.base import Engine
+from app.engine.scheduler import urgency
 from app.engine.types import SAMPLE_RATE, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
 
 SLICE_SECONDS = 0.25
@@ -111,7 +112,13 @@ class EspeakEngine(Engine):
         return bool(self._running)
 
     def step(self) -> list[EngineOutput]:
-        outputs = [self._advance(running) for running in list(self._running.values())]
+        # Synthesis (a subprocess) is the costly part: start at most one new request per step, the most urgent,
+        # so a reply's first chunk is not queued behind the whole rest of the text.
+        started = [r for r in self._running.values() if r.pcm is not None]
+        waiting = [r for r in self._running.values() if r.pcm is None]
+        if waiting:
+            started.append(min(waiting, key=lambda r: urgency(r.request, 0)))
+        outputs = [self._advance(running) for running in started]
         for output in outputs:
             if output.finished:
                 del self._running[output.request_id]

@@ -34,13 +34,15 @@ class Sequence:
     def generated(self) -> int:
         return len(self.tokens) + self.unsynced
 
-    def dry_time(self) -> float:
-        return self.request.deadline + self.samples_emitted / SAMPLE_RATE
-
     def urgency(self) -> tuple:
-        """Sort key: smaller is more urgent."""
-        no_audio_yet = self.request.first_in_context and self.samples_emitted == 0
-        return (-self.request.priority, not no_audio_yet, self.dry_time(), self.request.arrival)
+        return urgency(self.request, self.samples_emitted)
+
+
+def urgency(request: EngineRequest, samples_emitted: int) -> tuple:
+    """Sort key, smaller is more urgent: priority, then a reply's first audio, then the earliest dry time."""
+    no_audio_yet = request.first_in_context and samples_emitted == 0
+    dry_time = request.deadline + samples_emitted / SAMPLE_RATE
+    return (-request.priority, not no_audio_yet, dry_time, request.arrival)
 
 
 class Scheduler:

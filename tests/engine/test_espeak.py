@@ -67,9 +67,19 @@ def test_slices_are_quarter_seconds_and_add_up_to_one_shot(engine):
 def test_every_running_request_advances_in_each_step(engine):
     engine.add_request(_request(engine, "a", "First request, speaking for a while."))
     engine.add_request(_request(engine, "b", "Second request."))
-    first = engine.step()
-    assert sorted(o.request_id for o in first) == ["a", "b"]
-    assert all(o.pcm.size == SLICE_SAMPLES for o in first)
+    first, second = engine.step(), engine.step()
+    assert [o.request_id for o in first] == ["a"]  # one synthesis starts per step
+    assert sorted(o.request_id for o in second) == ["a", "b"]  # then both advance together
+    assert all(o.pcm.size == SLICE_SAMPLES for o in first + second)
+    _run_to_end(engine)
+
+
+def test_most_urgent_request_is_synthesized_first(engine):
+    later = _request(engine, "later", "A later chunk of the reply.")
+    later.first_in_context = False
+    engine.add_request(later)
+    engine.add_request(_request(engine, "first", "The first chunk of a reply."))
+    assert [o.request_id for o in engine.step()] == ["first"]
     _run_to_end(engine)
 
 
@@ -107,7 +117,7 @@ def test_exaggeration_widens_pitch_range(engine):
 def test_failing_synthesis_fails_only_its_request(engine):
     engine.add_request(EngineRequest("bad", "text", voice="not a voice"))
     engine.add_request(_request(engine, "good", "Fine."))
-    outputs = {o.request_id: o for o in engine.step()}
+    outputs = {o.request_id: o for o in engine.step() + engine.step()}  # one new synthesis per step
     assert outputs["bad"].finished and isinstance(outputs["bad"].error, EngineError)
     assert outputs["good"].error is None
     _run_to_end(engine)
