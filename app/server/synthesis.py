@@ -286,6 +286,8 @@ class Speech:
                 yield emit(self.audio.encode(pcm))
             if job.error is not None:
                 raise SpeechError(job.error.code, job.error.message, 500)
+            if self._closed:  # stopped by a drain: the audio is incomplete and must not look complete
+                raise SpeechError("shutting_down", "the server stopped this synthesis while shutting down", 503)
             self._on_chunk_done(job, samples / self.timings.sample_rate)
         self.timings.finished = time.monotonic()
         # A whole file is encoded (and maybe stretched) here: off the event loop, which serves every stream.

@@ -3,7 +3,9 @@ engine work an abandoned request leaves behind."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 import time
 
 import httpx
@@ -241,3 +243,32 @@ def test_a_client_that_goes_away_frees_the_engine(tmp_path, streaming):
         wait_for(lambda: state.worker.active_requests == 0 and not engine.running)
         assert state.runtime.open_contexts == 0
         assert metric_samples(server)["chatterbox_active_streams"] == 0
+
+
+def test_refused_with_503_while_warming_up_or_draining(tmp_path):
+    warmup_gate = threading.Event()
+    with run_server(make_settings(tmp_path), engine=ToneEngine(warmup_gate=warmup_gate), wait_ready=False) as server:
+        warming = synthesize(server, text="Too early.")
+        assert warming.status_code == 503 and warming.json()["error"]["code"] == "warming_up"
+        warmup_gate.set()
+        wait_for(lambda: server.get("/ready").status_code == 200)
+        assert synthesize(server, text="Now it works.").status_code == 200
+        server.app.state.runtime.draining = True
+        draining = synthesize(server, text="Too late.")
+        assert draining.status_code == 503 and draining.json()["error"]["code"] == "shutting_down"
+
+
+def test_a_drain_past_its_deadline_cuts_an_http_synthesis_off(tmp_path):
+    engine = ToneEngine(endless=True, step_sleep_s=0.01)
+    with run_server(make_settings(tmp_path), engine=engine) as server:
+        state = server.app.state
+        with httpx.stream("POST", server.base_url + "/synthesize", timeout=10,
+                          json={"text": "This never ends.", "streaming": True, "response_format": "pcm"}) as response:
+            pieces = response.iter_raw()
+            next(pieces)
+            server_loop = state.worker._loop  # the drain must run on the server's own event loop
+            asyncio.run_coroutine_threadsafe(state.runtime.drain(timeout_s=0.2), server_loop).result(5)
+            with pytest.raises(httpx.RemoteProtocolError):  # cut off, not a clean end
+                for _ in pieces:
+                    pass
+        assert state.worker.active_requests == 0 and state.runtime.open_contexts == 0
