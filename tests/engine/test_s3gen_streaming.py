@@ -55,3 +55,115 @@ def test_start_fade_applies_once(streamer, tiny_models, tokens):
 def test_nothing_ready_returns_empty(streamer, tiny_models, tokens):
     stream = streamer.open(tiny_models.conds.gen, seed=1)
     assert len(streamer.decode(stream, tokens[:3], finalize=False)) == 0
+
+
+# ---- batching across streams, padding, voices, compilation ------------------------------------------------
+
+# Padded and batched rows differ from the one-stream decode only by float rounding: measured ~2e-7 on PCM
+# peaking near 0.08. A mask that lets a pad position leak into a real one gives differences of ~1e-2.
+PCM_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def other_voice(tiny_models) -> dict:
+    """A second voice with a shorter prompt, so windows of the two voices have different lengths."""
+    gen = tiny_models.conds.gen
+    return {"prompt_token": gen["prompt_token"][:, :-37], "prompt_feat": gen["prompt_feat"][:, :-74],
+            "embedding": gen["embedding"].roll(5, dims=1)}
+
+
+def test_padded_encoder_and_solver_rows_equal_unpadded_and_upstream(tiny_models, tokens):
+    from app.engine.chatterbox import s3gen_compute as compute
+
+    flow = tiny_models.s3gen.flow
+    window = torch.cat([tiny_models.conds.gen["prompt_token"], tokens[None, :60]], dim=1)
+    with torch.inference_mode():
+        hidden, _ = flow.encoder(flow.input_embedding(window), torch.tensor([window.shape[1]]))
+        upstream = flow.encoder_proj(hidden)
+        padded = torch.cat([window, tokens[None, :45]], dim=1)  # pad with real tokens: a leak would show
+        mine = compute.encode(flow, padded, torch.tensor([window.shape[1]]))
+        assert torch.allclose(mine[:, :upstream.shape[1]], upstream, atol=1e-5)
+
+        streamer = S3GenStreamer(tiny_models.s3gen, cfm_steps=3)
+        frames = upstream.shape[1]
+        z, speaker = torch.randn(1, 80, frames), torch.randn(1, 80)
+        mu, cond = upstream.transpose(1, 2).contiguous(), torch.randn(1, 80, frames)
+        mask = torch.ones(1, 1, frames)
+        reference = flow.decoder.solve_euler(z, t_span=streamer._t_span, mu=mu, mask=mask, spks=speaker, cond=cond)
+        pad = 64  # a second row and 64 pad frames of noise, masked out of the first row
+        batch = [torch.cat([torch.cat([a, torch.randn(1, a.shape[1], pad)], 2), torch.randn(1, a.shape[1], frames + pad)])
+                 for a in (z, mu, cond)]
+        batch_mask = torch.cat([torch.cat([mask, torch.zeros(1, 1, pad)], 2), torch.ones(1, 1, frames + pad)])
+        (solved,) = streamer._flow_runner(batch[0], batch[1], batch_mask, torch.cat([speaker, speaker]), batch[2])
+        assert torch.allclose(solved[:1, :, :frames], reference, atol=1e-4)
+
+
+def test_decode_many_equals_decoding_each_stream_alone(tiny_models, other_voice, tokens):
+    """Three streams, two voices, different token counts and seeds, padded to shared buckets and batched."""
+    alone = S3GenStreamer(tiny_models.s3gen, cfm_steps=2)
+    batched = S3GenStreamer(tiny_models.s3gen, cfm_steps=2, static_shapes=True)
+    voices, seeds = [tiny_models.conds.gen, other_voice, tiny_models.conds.gen], [1, 2, 3]
+    schedule = [[13, 13, 20], [60, 50, 70]]  # tokens per stream at each call; the last finalizes
+    streams_alone = [alone.open(v, seed=s) for v, s in zip(voices, seeds)]
+    streams_batched = [batched.open(v, seed=s) for v, s in zip(voices, seeds)]
+    for call, counts in enumerate(schedule):
+        final = call == len(schedule) - 1
+        expected = [alone.decode(s, tokens[:n], final) for s, n in zip(streams_alone, counts)]
+        got = batched.decode_many([(s, tokens[:n], final) for s, n in zip(streams_batched, counts)])
+        for e, g in zip(expected, got):
+            assert len(e) == len(g) > 0
+            assert np.abs(e - g).max() < PCM_TOLERANCE
+    flow = batched.status()["flow_batches"]
+    assert flow["rows"] == 6 and flow["calls"] < 6  # some windows did share a batch
+
+
+def test_decode_many_leaves_states_untouched_when_it_fails(streamer, tiny_models, tokens, monkeypatch):
+    stream = streamer.open(tiny_models.conds.gen, seed=1)
+    streamer.decode(stream, tokens[:13], finalize=False)
+    before = (stream.mels_done, stream.samples_emitted, stream.source.position)
+    monkeypatch.setattr(S3GenStreamer, "_crossfade", staticmethod(lambda old, new: 1 / 0))
+    with pytest.raises(ZeroDivisionError):
+        streamer.decode_many([(stream, tokens[:53], False)])
+    assert (stream.mels_done, stream.samples_emitted, stream.source.position) == before
+    with pytest.raises(ValueError):
+        streamer.decode_many([(stream, tokens[:53], False), (stream, tokens[:53], False)])
+
+
+def test_voice_tensors_are_computed_once_per_voice(tiny_models, other_voice):
+    streamer = S3GenStreamer(tiny_models.s3gen, cfm_steps=3)
+    first, second = streamer.open(tiny_models.conds.gen, seed=1), streamer.open(tiny_models.conds.gen, seed=2)
+    third = streamer.open(other_voice, seed=1)
+    assert first.voice is second.voice and third.voice is not first.voice
+    assert streamer.status()["voice_cache"] == {"voices": 2, "hits": 1, "misses": 2}
+    assert third.voice.prompt_tokens == tiny_models.conds.gen["prompt_token"].shape[1] - 37
+
+
+def test_a_compile_failure_falls_back_to_eager_with_its_reason(tiny_models, tokens, monkeypatch):
+    from app.engine.chatterbox import s3gen_compute as compute
+
+    unknown = S3GenStreamer(tiny_models.s3gen, cfm_steps=2, compile_mode="no-such-mode")  # fails at once
+    assert unknown.status()["compile_mode"] is None and "no-such-mode" in unknown.status()["fallback_reason"]
+
+    def broken(*args):
+        raise RuntimeError("inductor exploded")
+
+    monkeypatch.setattr(compute, "compile_function", lambda fn, mode, shapes: broken)  # fails while warming up
+    streamer = S3GenStreamer(tiny_models.s3gen, cfm_steps=2, compile_mode="default")
+    report = streamer.warmup(batch_sizes=[1], window_tokens=[64], vocoder_frames=[32])
+    assert "inductor exploded" in report["fallback_reason"] and streamer.status()["compile_mode"] is None
+    assert streamer.status()["prepared_flow_shapes"] == 0
+    assert len(streamer.decode(streamer.open(tiny_models.conds.gen, seed=1), tokens[:20], finalize=True)) == 20 * 960
+
+
+def test_bfloat16_estimator_stays_close_to_float32(tiny_models, tokens):
+    """CPU autocast stands in for CUDA bf16: the mels may differ, but only by a small relative error."""
+    def mels(dtype) -> torch.Tensor:
+        streamer = S3GenStreamer(tiny_models.s3gen, cfm_steps=3, dtype=dtype)
+        stream = streamer.open(tiny_models.conds.gen, seed=4)
+        call = streamer._plan(stream, tokens[:40], True, left_context=0)
+        streamer._run_flow([call])
+        return call.mels
+
+    reference, reduced = mels(None), mels("bfloat16")
+    error = (reduced - reference).norm() / reference.norm()
+    assert 0 < error < 0.05

@@ -1,62 +1,172 @@
-"""Streaming S3Gen: speech tokens to 24 kHz PCM while T3 is still generating.
+"""Streaming S3Gen: speech tokens to 24 kHz PCM while T3 is still generating, for many streams at once.
 
 S3Gen = conformer encoder (tokens -> 50 Hz features) + conditional flow matching (CFM, 10 Euler steps with its
-own CFG) + HiFiGAN vocoder. Three facts shape the streaming decode:
+own CFG) + HiFiGAN vocoder. Four facts shape the streaming decode:
 
 * The flow decoder attends bidirectionally over the voice prompt and every token given to it, so a chunk
   cannot be decoded on its own. Each call re-decodes a bounded window: the prompt, up to `left_context` tokens
-  already spoken, and the new tokens. Its cost grows with the window, not with the utterance.
+  already spoken, and the new tokens. Its cost grows with the window, not with the utterance. For the same
+  reason the prompt's encoder output and flow activations change with every window: nothing of the prompt's
+  compute can be reused across calls. What a voice contributes before any compute (aligned prompt tokens and
+  mels, the projected speaker embedding) is computed once per voice (`VoiceCache`).
 * The last `pre_lookahead_len` (3) tokens' features need tokens that do not exist yet, so a non-final call
-  emits mel frames only up to them (`finalize=False`); upstream 0.1.7 crashes there because it builds the mask
-  before the cut, so the flow call is ours (encoder, projection and the Euler solver are chatterbox's).
+  emits mel frames only up to them (`finalize=False`); their frames are masked out of the flow call.
 * The noise of the Euler solver is drawn once per stream (seeded) and sliced per window, and the vocoder's
   harmonic source is carried across calls: streamed audio then tracks the whole-utterance decode. The vocoder's
   last `vocoder_overlap` mel frames are held back and re-vocoded with the next chunk, the two crossfaded with a
-  Hamming window (as CosyVoice does), so a chunk edge has no click. Upstream's start-of-utterance fade
-  (`trim_fade`) is applied once, to the first samples of the stream.
+  Hamming window (as CosyVoice does), so a chunk edge has no click. Each vocoder window is rounded up to a
+  multiple of `VOCODER_STEP` frames with real, already-vocoded frames on its left (more context, and few
+  distinct shapes). Upstream's start-of-utterance fade (`trim_fade`) is applied once, to the first samples.
+* `decode_many` runs the calls of many streams as batches: flow windows of different lengths and voices are
+  right-padded to a shared length and masked (see s3gen_compute), vocoder windows are batched by length. With
+  `static_shapes` (default on CUDA) lengths are rounded up to buckets (`WINDOW_STEP` tokens) and batch sizes
+  to powers of two, so `warmup()` can capture (and compile) every shape; elsewhere only equal lengths batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from app.engine.chatterbox import s3gen_compute as compute
+
+log = logging.getLogger(__name__)
+
 TOKEN_MEL_RATIO = 2  # S3Gen: 25 Hz tokens -> 50 Hz mel frames
 SAMPLES_PER_MEL = 480  # 24 kHz / 50 Hz
 MEL_CHANNELS = 80
+WINDOW_STEP = 32  # tokens: flow windows are padded to multiples of this with static shapes
+VOCODER_STEP = 32  # mel frames: vocoder windows are multiples of this once a stream has enough history
+MAX_PROMPT_TOKENS = 250  # chatterbox's 10 s reference (DEC_COND_LEN) at 25 Hz
+
+
+# ---- voices -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VoiceTensors:
+    """What a voice contributes to every flow call, on the streamer's device."""
+
+    prompt_token: torch.Tensor  # (P,) voice prompt tokens
+    prompt_feat: torch.Tensor  # (80, 2P) voice prompt mels, channels first as the flow's `cond`
+    speaker: torch.Tensor  # (80,) projected speaker embedding
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prompt_token.shape[0]
+
+
+class VoiceCache:
+    """`VoiceTensors` per voice, keyed by the identity of the voice's `prompt_feat` tensor.
+
+    The key is held weakly: an entry goes when its voice does (and the least recently used one goes past
+    `capacity`). A voice's tensors are treated as immutable, as chatterbox's `Conditionals` are used.
+    """
+
+    def __init__(self, build, capacity: int = 256):
+        self._build = build
+        self._capacity = capacity
+        self._entries: OrderedDict[int, tuple[weakref.ref, VoiceTensors]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, ref: dict) -> VoiceTensors:
+        anchor = ref["prompt_feat"]
+        key = id(anchor)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is anchor:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        voice = self._build(ref)
+        try:
+            self._entries[key] = (weakref.ref(anchor, lambda _, key=key: self._entries.pop(key, None)), voice)
+        except TypeError:  # not weak-referenceable (e.g. numpy): computed every time
+            return voice
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+        return voice
+
+    def status(self) -> dict:
+        return {"voices": len(self._entries), "hits": self.hits, "misses": self.misses}
+
+
+# ---- per-stream state ---------------------------------------------------------------------------------------
 
 
 @dataclass
 class S3GenStream:
-    """Per-stream decoding state. `tokens_decoded` counts tokens whose mel frames have been vocoded."""
+    """Per-stream decoding state. Only `decode_many` changes it, and only once a whole batch succeeded."""
 
-    prompt_token: torch.Tensor  # (1, P) voice prompt tokens
-    prompt_feat: torch.Tensor  # (1, 2P, 80) voice prompt mels
-    speaker: torch.Tensor  # (1, 80) projected speaker embedding
-    noise: torch.Tensor  # (1, 80, 2P + 2*max_tokens) Euler starting point, fixed for the stream
-    mels_done: int = 0  # mel frames of the utterance already vocoded (including held-back ones)
-    vocoder_mel_tail: torch.Tensor | None = None  # last mel frames fed to the vocoder, re-fed next time
-    vocoder_source_tail: torch.Tensor | None = None  # harmonic source over those frames
+    voice: VoiceTensors
+    noise: torch.Tensor  # (80, 2P + 2*max_tokens) Euler starting point, fixed for the stream
+    source: "HarmonicSource"
+    mels_done: int = 0  # mel frames of the utterance already produced (including held-back ones)
+    mel_history: torch.Tensor | None = None  # (80, <= vocoder_overlap + VOCODER_STEP) last produced frames
+    source_history: torch.Tensor | None = None  # (480 per frame,) vocoder excitation over those frames
+    held_frames: int = 0  # frames at the end of mel_history whose audio is held back in speech_tail
     speech_tail: torch.Tensor | None = None  # held-back samples, crossfaded with the next chunk
     samples_emitted: int = 0
-    source: "HarmonicSource | None" = None
+
+
+@dataclass
+class _Call:
+    """One stream's share of a `decode_many` call, planned before any compute and committed after."""
+
+    stream: S3GenStream
+    window: torch.Tensor  # (L,) prompt tokens + the window's speech tokens
+    valid_frames: int  # flow frames that exist (the lookahead tokens' frames are masked out unless final)
+    noise: torch.Tensor  # (80, 2L) Euler starting point over the window
+    new_frames: slice  # the window's frames not produced before
+    finalize: bool
+    mels: torch.Tensor | None = None  # (80, n) new frames, once the flow ran
+    pcm: np.ndarray | None = None
 
 
 class S3GenStreamer:
-    """Stateless over streams: all per-stream state lives in `S3GenStream`."""
+    """Stateless over streams: all per-stream state lives in `S3GenStream`. Not thread-safe: one caller."""
 
     def __init__(self, s3gen, cfm_steps: int = 10, left_context: int = 50, vocoder_overlap: int = 8,
-                 max_tokens: int = 4096):
+                 max_tokens: int = 4096, *, dtype: torch.dtype | str | None = None, compile_mode: str | None = None,
+                 cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None):
+        """`dtype`: precision of the flow estimator's matmuls and convolutions (autocast; default float32); the
+        encoder and the vocoder stay float32. `compile_mode`: torch.compile mode for the estimator step and the
+        vocoder, applied to shapes `warmup()` prepares. `cuda_graphs`: capture prepared shapes as CUDA graphs
+        (CUDA only; left to torch.compile in modes that record their own). `max_batch`: streams per batch.
+        `static_shapes`: bucket lengths and batch sizes (default: on CUDA)."""
         self.s3gen = s3gen
         self.flow = s3gen.flow
+        self.hift = s3gen.mel2wav
+        if getattr(self.flow.decoder.estimator, "meanflow", False):
+            raise ValueError("meanflow (distilled) S3Gen checkpoints are not supported by the streaming decoder")
         self.cfm_steps = cfm_steps
         self.left_context = left_context  # tokens; 0 = re-decode everything spoken so far
         self.vocoder_overlap = vocoder_overlap  # mel frames
         self.max_tokens = max_tokens
         self.lookahead = self.flow.pre_lookahead_len
+        self.max_batch = max_batch
+        device = self.device
+        self.static_shapes = device.type == "cuda" if static_shapes is None else static_shapes
+        self.dtype = _resolve_dtype(dtype)
+        self.compile_mode = compile_mode
+        self.cuda_graphs = cuda_graphs and device.type == "cuda" and compile_mode not in compute.COMPILE_OWNS_GRAPHS
+        self.hift.stft_window = self.hift.stft_window.to(device)  # upstream moves it on every call otherwise
+        self.voices = VoiceCache(self._voice_tensors)
+        self._t_span = compute.cfm_time_span(cfm_steps, self.flow.decoder.t_scheduler, device)
+        self._fallback_reason: str | None = None
+        self._warmup_seconds = 0.0
+        self._batches: dict[str, list[int]] = {"flow": [0, 0, 0], "vocoder": [0, 0, 0]}  # calls, rows, pad rows
+        self._build_runners()
 
     @property
     def device(self) -> torch.device:
@@ -67,98 +177,168 @@ class S3GenStreamer:
     @torch.inference_mode()
     def open(self, ref: dict, seed: int | None = None) -> S3GenStream:
         """State for one utterance in the voice `ref` (chatterbox's `Conditionals.gen` dict)."""
-        device = self.device
-        prompt_token = ref["prompt_token"].to(device).long().reshape(1, -1)
-        prompt_feat = ref["prompt_feat"].to(device, torch.float32).reshape(1, -1, MEL_CHANNELS)
-        prompt_token, prompt_feat = _align_prompt(prompt_token, prompt_feat)
-        embedding = F.normalize(ref["embedding"].to(device, torch.float32).reshape(1, -1), dim=1)
-        speaker = self.flow.spk_embed_affine_layer(embedding)
+        voice = self.voices.get(ref)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        n_frames = prompt_feat.shape[1] + TOKEN_MEL_RATIO * self.max_tokens
-        noise = torch.randn(1, MEL_CHANNELS, n_frames, generator=generator).to(device)
+        n_frames = voice.prompt_feat.shape[1] + TOKEN_MEL_RATIO * self.max_tokens
+        noise = torch.randn(MEL_CHANNELS, n_frames, generator=generator).to(self.device)
         source_seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        source = HarmonicSource(self.s3gen.mel2wav.m_source, source_seed, device)
-        return S3GenStream(prompt_token, prompt_feat, speaker, noise, source=source)
+        return S3GenStream(voice, noise, HarmonicSource(self.hift.m_source, source_seed, self.device))
+
+    def _voice_tensors(self, ref: dict) -> VoiceTensors:
+        device = self.device
+        prompt_token = ref["prompt_token"].to(device).long().reshape(-1)
+        prompt_feat = ref["prompt_feat"].to(device, torch.float32).reshape(-1, MEL_CHANNELS)
+        n_tokens = min(prompt_token.shape[0], prompt_feat.shape[0] // TOKEN_MEL_RATIO)  # embed_ref's alignment
+        embedding = F.normalize(ref["embedding"].to(device, torch.float32).reshape(1, -1), dim=1)
+        with torch.inference_mode():
+            speaker = self.flow.spk_embed_affine_layer(embedding)[0]
+        return VoiceTensors(prompt_token[:n_tokens].contiguous(),
+                            prompt_feat[: TOKEN_MEL_RATIO * n_tokens].T.contiguous(), speaker)
 
     # ---- decoding -----------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def decode(self, stream: S3GenStream, tokens: torch.Tensor, finalize: bool) -> np.ndarray:
         """New PCM for `tokens` (every speech token of the utterance so far, 1-D). Empty if nothing is ready."""
+        return self.decode_many([(stream, tokens, finalize)])[0]
+
+    def decode_many(self, items: list[tuple[S3GenStream, torch.Tensor, bool]]) -> list[np.ndarray]:
+        """`decode` for several streams, batched: one result per item, in order. A stream may appear once. On
+        an exception no stream's state has changed, so the caller can retry items one by one."""
+        return self._decode_many(items, self.left_context)
+
+    @torch.inference_mode()
+    def _decode_many(self, items: list[tuple[S3GenStream, torch.Tensor, bool]], left_context: int
+                     ) -> list[np.ndarray]:
+        if len({id(stream) for stream, _, _ in items}) != len(items):
+            raise ValueError("decode_many got the same stream twice")
+        calls = [self._plan(stream, tokens, finalize, left_context) for stream, tokens, finalize in items]
+        active = [call for call in calls if call is not None]
+        self._run_flow([call for call in active if call.new_frames.stop > call.new_frames.start])
+        commits = self._run_vocoder(active)
+        for commit in commits:
+            commit()
+        empty = np.zeros(0, dtype=np.float32)
+        return [call.pcm if call is not None else empty for call in calls]
+
+    def _plan(self, stream: S3GenStream, tokens: torch.Tensor, finalize: bool, left_context: int) -> _Call | None:
         tokens = tokens.to(self.device).long().reshape(-1)[: self.max_tokens]
         ready_mels = TOKEN_MEL_RATIO * (len(tokens) if finalize else max(0, len(tokens) - self.lookahead))
-        if ready_mels <= stream.mels_done and not finalize:
-            return np.zeros(0, dtype=np.float32)
-        mels = self._flow_window(stream, tokens, ready_mels, finalize)
-        return self._vocode(stream, mels, finalize)
-
-    def _window_start(self, stream: S3GenStream) -> int:
-        """First token of the window: `left_context` tokens before the first frame still to be produced."""
-        if self.left_context <= 0:
-            return 0
+        if ready_mels <= stream.mels_done and not (finalize and stream.held_frames):
+            return None
+        # The window starts `left_context` tokens before the first frame still to be produced (0: everything).
         first_new_token = stream.mels_done // TOKEN_MEL_RATIO
-        return max(0, first_new_token - self.left_context)
-
-    def _flow_window(self, stream: S3GenStream, tokens: torch.Tensor, ready_mels: int,
-                     finalize: bool) -> torch.Tensor:
-        """Mel frames [mels_done, ready_mels) of the utterance (1, 80, n), from one flow call over the window."""
-        start = self._window_start(stream)
-        window = torch.cat([stream.prompt_token, tokens[start:].unsqueeze(0)], dim=1)
-        mu = self._encode(window, finalize)  # (1, 2*len(window) [- lookahead frames], 80)
-        prompt_mels = stream.prompt_feat.shape[1]
-        total = mu.shape[1]
-        cond = torch.zeros(1, total, MEL_CHANNELS, device=mu.device)
-        cond[:, :prompt_mels] = stream.prompt_feat
+        start = max(0, first_new_token - left_context) if left_context > 0 else 0
+        voice = stream.voice
+        window = torch.cat([voice.prompt_token, tokens[start:]])
+        prompt_mels = voice.prompt_feat.shape[1]
+        token_mels = TOKEN_MEL_RATIO * (len(window) - voice.prompt_tokens)
         first = prompt_mels + TOKEN_MEL_RATIO * start
-        z = torch.cat([stream.noise[:, :, :prompt_mels], stream.noise[:, :, first:first + total - prompt_mels]], 2)
-        mel = self._solve(z, mu.transpose(1, 2).contiguous(), stream.speaker, cond.transpose(1, 2).contiguous())
-        utterance_offset = TOKEN_MEL_RATIO * start  # utterance frame index of the window's first token frame
-        begin = prompt_mels + stream.mels_done - utterance_offset
-        end = prompt_mels + ready_mels - utterance_offset
-        return mel[:, :, begin:end]
+        noise = torch.cat([stream.noise[:, :prompt_mels], stream.noise[:, first:first + token_mels]], dim=1)
+        offset = prompt_mels - TOKEN_MEL_RATIO * start  # window frame of utterance frame 0
+        new_frames = slice(offset + stream.mels_done, offset + max(ready_mels, stream.mels_done))
+        return _Call(stream, window, offset + ready_mels, noise, new_frames, finalize)
 
-    def _encode(self, window_tokens: torch.Tensor, finalize: bool) -> torch.Tensor:
-        flow = self.flow
-        lengths = torch.tensor([window_tokens.shape[1]], device=window_tokens.device)
-        h, _ = flow.encoder(flow.input_embedding(window_tokens), lengths)
-        if not finalize:
-            h = h[:, : -self.lookahead * TOKEN_MEL_RATIO]
-        return flow.encoder_proj(h)
+    # ---- flow: encoder + Euler solver over padded batches -------------------------------------------------
 
-    def _solve(self, z: torch.Tensor, mu: torch.Tensor, speaker: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        decoder = self.flow.decoder
-        t_span = torch.linspace(0, 1, self.cfm_steps + 1, device=mu.device)
-        if decoder.t_scheduler == "cosine":
-            t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
-        mask = torch.ones(1, 1, mu.shape[2], device=mu.device)
-        return decoder.solve_euler(z, t_span=t_span, mu=mu, mask=mask, spks=speaker, cond=cond).float()
+    def _run_flow(self, calls: list[_Call]) -> None:
+        for group in self._groups(calls, lambda call: len(call.window), WINDOW_STEP):
+            width = max(len(call.window) for call in group)
+            width = _round_up(width, WINDOW_STEP) if self.static_shapes else width
+            mels = self._flow_batch(group, width)
+            for call, mel in zip(group, mels):
+                call.mels = mel[:, call.new_frames]
 
-    def _vocode(self, stream: S3GenStream, new_mels: torch.Tensor, finalize: bool) -> np.ndarray:
-        """Vocode new frames with the held-back frames in front; emit all but a new held-back tail."""
-        hift = self.s3gen.mel2wav
-        if stream.vocoder_mel_tail is not None:
-            mels = torch.cat([stream.vocoder_mel_tail, new_mels], dim=2)
-            source_cache = stream.vocoder_source_tail
-        else:
-            mels = new_mels
-            source_cache = torch.zeros(1, 1, 0, device=new_mels.device)
-        stream.mels_done += new_mels.shape[2]
-        f0 = hift.f0_upsamp(hift.f0_predictor(mels)[:, None])[0, 0]  # (samples,) Hz
-        new_source = stream.source.next(f0[source_cache.shape[2]:])
-        source = torch.cat([source_cache, new_source], dim=2)
-        speech = hift.decode(x=mels, s=source)[0]
+    def _flow_batch(self, calls: list[_Call], width: int) -> torch.Tensor:
+        """Mels (B, 80, 2*width) for calls whose windows fit `width` tokens."""
+        device, frames = self.device, TOKEN_MEL_RATIO * width
+        rows = self._rows(len(calls))
+        self._count("flow", len(calls), rows)
+        calls = calls + [calls[0]] * (rows - len(calls))  # batch padding: copies, whose results are dropped
+        tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
+        z = torch.zeros(rows, MEL_CHANNELS, frames, device=device)
+        cond = torch.zeros(rows, MEL_CHANNELS, frames, device=device)
+        for i, call in enumerate(calls):
+            tokens[i, :len(call.window)] = call.window
+            z[i, :, :call.noise.shape[1]] = call.noise
+            cond[i, :, :call.stream.voice.prompt_feat.shape[1]] = call.stream.voice.prompt_feat
+        lengths = torch.tensor([len(call.window) for call in calls], device=device)
+        valid = torch.tensor([call.valid_frames for call in calls], device=device)
+        mask = compute.padding_mask(valid, frames)[:, None].float()
+        mu = compute.encode(self.flow, tokens, lengths).transpose(1, 2).contiguous()
+        speaker = torch.stack([call.stream.voice.speaker for call in calls])
+        (mels,) = self._run("flow", self._flow_runner, z, mu, mask, speaker, cond)
+        return mels
+
+    def _solve(self, step, z, mu, mask, speaker, cond) -> compute.Tensors:
+        x = z
+        for i in range(self.cfm_steps):
+            x = step(x, mask, mu, speaker, cond, self._t_span[i:i + 1], self._t_span[i + 1:i + 2])
+        return (x,)
+
+    # ---- vocoder: batched by window length, continuous across chunks --------------------------------------
+
+    def _run_vocoder(self, calls: list[_Call]) -> list:
+        """Vocode every call's new frames; returns the state updates to apply once all of them succeeded."""
+        windows = [self._vocoder_window(call) for call in calls]
+        commits = []
+        for group in self._groups(list(zip(calls, windows)), lambda item: item[1][0].shape[1], None):
+            commits += self._vocode_batch(group)
+        return commits
+
+    def _vocoder_window(self, call: _Call) -> tuple[torch.Tensor, int]:
+        """(mels (80, V), context frames before the new ones): the new frames with enough already-produced
+        frames on their left to reach a multiple of VOCODER_STEP (all of them when there are fewer)."""
+        stream, new = call.stream, call.mels if call.mels is not None else self._no_mels()
+        if stream.mel_history is None:
+            return new, 0
+        target = _round_up(stream.held_frames + new.shape[1], VOCODER_STEP)
+        context = min(stream.mel_history.shape[1], target - new.shape[1])  # >= held_frames: history holds them
+        return torch.cat([stream.mel_history[:, stream.mel_history.shape[1] - context:], new], dim=1), context
+
+    def _vocode_batch(self, group: list[tuple[_Call, tuple[torch.Tensor, int]]]) -> list:
+        rows = self._rows(len(group))
+        self._count("vocoder", len(group), rows)
+        mels = torch.stack([window for _, (window, _) in group] + [group[0][1][0]] * (rows - len(group)))
+        (f0,) = self._run("vocoder", self._f0_runner, mels)
+        sources, source_states = [], []
+        for i, (call, (window, context)) in enumerate(group):
+            stream, known = call.stream, context * SAMPLES_PER_MEL
+            excitation, state = stream.source.excite(f0[i, known:])
+            history = stream.source_history[stream.source_history.shape[0] - known:] if known else excitation[:0]
+            sources.append(torch.cat([history, excitation]))
+            source_states.append(state)
+        source = torch.stack(sources + [sources[0]] * (rows - len(group)))[:, None]
+        magnitude, phase = self._run("vocoder", self._spectrum_runner, mels, source)
+        speech = compute.vocoder_waveform(self.hift, magnitude, phase)
+        return [self._emit(call, window, context, source[i, 0], speech[i], state)
+                for i, ((call, (window, context)), state) in enumerate(zip(group, source_states))]
+
+    def _emit(self, call: _Call, window: torch.Tensor, context: int, source: torch.Tensor, speech: torch.Tensor,
+              source_state: tuple):
+        """Set `call.pcm` (crossfaded, start-faded, held-back tail removed); return the state update."""
+        stream = call.stream
+        speech = speech[(context - stream.held_frames) * SAMPLES_PER_MEL:]  # the held-back frames and the new
         if stream.speech_tail is not None:
             speech = self._crossfade(stream.speech_tail, speech)
-        if finalize:
-            stream.speech_tail = None
-        else:
-            keep = min(self.vocoder_overlap, mels.shape[2])
-            stream.vocoder_mel_tail = mels[:, :, -keep:]
-            stream.vocoder_source_tail = source[:, :, -keep * SAMPLES_PER_MEL:]
-            stream.speech_tail = speech[-keep * SAMPLES_PER_MEL:]
-            speech = speech[: -keep * SAMPLES_PER_MEL]
-        return self._fade_utterance_start(stream, speech).cpu().numpy().astype(np.float32, copy=False)
+        keep = 0 if call.finalize else min(self.vocoder_overlap, stream.held_frames + window.shape[1] - context)
+        tail = speech[len(speech) - keep * SAMPLES_PER_MEL:] if keep else None
+        speech = speech[: len(speech) - keep * SAMPLES_PER_MEL]
+        call.pcm = self._fade_utterance_start(stream.samples_emitted, speech).float().cpu().numpy()
+        history_frames = self.vocoder_overlap + VOCODER_STEP
+
+        def commit() -> None:
+            stream.mels_done += window.shape[1] - context
+            stream.mel_history = window[:, -history_frames:]
+            stream.source_history = source[-history_frames * SAMPLES_PER_MEL:]
+            stream.held_frames, stream.speech_tail = keep, tail
+            stream.samples_emitted += len(call.pcm)
+            stream.source.advance(source_state)
+
+        return commit
+
+    def _no_mels(self) -> torch.Tensor:
+        return torch.zeros(MEL_CHANNELS, 0, device=self.device)
 
     @staticmethod
     def _crossfade(old_tail: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
@@ -169,27 +349,176 @@ class S3GenStreamer:
         speech[:n] = speech[:n] * window[:n] + old_tail[-n:] * window[n:]
         return speech
 
-    def _fade_utterance_start(self, stream: S3GenStream, speech: torch.Tensor) -> torch.Tensor:
+    def _fade_utterance_start(self, emitted: int, speech: torch.Tensor) -> torch.Tensor:
         """Upstream's ad-hoc start fade (20 ms silence + 20 ms ramp against prompt spill-over), applied once."""
         fade = self.s3gen.trim_fade
-        start = stream.samples_emitted
-        stream.samples_emitted += len(speech)
-        if start >= len(fade) or len(speech) == 0:
+        if emitted >= len(fade) or len(speech) == 0:
             return speech
-        n = min(len(fade) - start, len(speech))
+        n = min(len(fade) - emitted, len(speech))
         speech = speech.clone()
-        speech[:n] *= fade[start:start + n]
+        speech[:n] *= fade[emitted:emitted + n]
         return speech
+
+    # ---- batching helpers ---------------------------------------------------------------------------------
+
+    def _groups(self, items: list, length, step: int | None) -> list[list]:
+        """Items with the same (bucketed, with static shapes) length, in batches of at most `max_batch`."""
+        by_length: dict[int, list] = {}
+        for item in items:
+            key = length(item)
+            by_length.setdefault(_round_up(key, step) if step and self.static_shapes else key, []).append(item)
+        return [group[i:i + self.max_batch] for group in by_length.values()
+                for i in range(0, len(group), self.max_batch)]
+
+    def _rows(self, count: int) -> int:
+        return 1 << (count - 1).bit_length() if self.static_shapes else count
+
+    def _count(self, stage: str, rows: int, padded_rows: int) -> None:
+        counts = self._batches[stage]
+        counts[0] += 1
+        counts[1] += rows
+        counts[2] += padded_rows - rows
+
+    # ---- compilation, CUDA graphs, warm-up ----------------------------------------------------------------
+
+    def _build_runners(self) -> None:
+        estimator, cfg = self.flow.decoder.estimator, self.flow.decoder.inference_cfg_rate
+        hift, dtype = self.hift, self.dtype
+
+        def eager_step(x, mask, mu, speaker, cond, t, r):
+            return compute.cfm_step(estimator, x, mask, mu, speaker, cond, t, r, cfg, dtype)
+
+        def f0(mels):
+            return (compute.vocoder_f0(hift, mels),)
+
+        def spectrum(mels, source):
+            return compute.vocoder_spectrum(hift, mels, source)
+
+        optimized_step, optimized_f0, optimized_spectrum = eager_step, f0, spectrum
+        if self.compile_mode is not None:
+            shapes = 64 * 16  # batch buckets x window buckets, generously
+            try:
+                optimized_step, optimized_f0, optimized_spectrum = (
+                    compute.compile_function(fn, self.compile_mode, shapes) for fn in (eager_step, f0, spectrum))
+            except Exception as exc:  # e.g. an unknown mode: serve eagerly, say why in status()
+                self._fallback_reason = f"torch.compile({self.compile_mode!r}) failed: {type(exc).__name__}: {exc}"
+                log.warning("S3Gen streamer decodes eagerly: %s", self._fallback_reason)
+                self.compile_mode = None
+        pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._flow_runner = compute.ShapeRunner(partial(self._solve, eager_step), partial(self._solve, optimized_step),
+                                                self.cuda_graphs, pool)
+        self._f0_runner = compute.ShapeRunner(f0, optimized_f0, self.cuda_graphs, pool)
+        self._spectrum_runner = compute.ShapeRunner(spectrum, optimized_spectrum, self.cuda_graphs, pool)
+
+    def _runners(self) -> tuple[compute.ShapeRunner, ...]:
+        return self._flow_runner, self._f0_runner, self._spectrum_runner
+
+    def _run(self, stage: str, runner: compute.ShapeRunner, *args: torch.Tensor) -> compute.Tensors:
+        """The runner's optimized path, or, if that fails, eager from now on (the failure is in `status()`)."""
+        if not runner.prepared:
+            return runner(*args)
+        try:
+            return runner(*args)
+        except Exception as exc:  # a compiled/captured failure must not fail requests: decode eagerly instead
+            self._fall_back(f"{stage} at {[tuple(a.shape) for a in args]}: {type(exc).__name__}: {exc}")
+            return runner(*args)
+
+    def _fall_back(self, reason: str) -> None:
+        log.warning("S3Gen streamer falls back to eager decoding: %s", reason)
+        self._fallback_reason = reason
+        for runner in self._runners():
+            runner.reset()
+        self.compile_mode, self.cuda_graphs = None, False
+
+    def optimizing(self) -> bool:
+        return self.cuda_graphs or self.compile_mode is not None
+
+    @torch.inference_mode()
+    def warmup(self, batch_sizes: Iterable[int] | None = None, window_tokens: Iterable[int] | None = None,
+               vocoder_frames: Iterable[int] | None = None) -> dict:
+        """Compile and/or capture the flow solver for every (batch, window) bucket and the vocoder for every
+        (batch, vocoder window) bucket; a no-op without compile or CUDA graphs. Defaults: every batch bucket up
+        to `max_batch`; windows of up to a 10 s prompt + `left_context` + 64 tokens; vocoder windows of every
+        multiple of VOCODER_STEP up to 8 of them. `vocoder_frames` are exact: a stream's first chunk is
+        vocoded at its own length (2 * its tokens), so add that. Returns what it prepared; a failure leaves
+        eager decoding, with the reason in `status()`."""
+        if not self.optimizing():
+            return {"prepared": [], "seconds": 0.0, "fallback_reason": self._fallback_reason,
+                    "note": "eager: no compile mode and no CUDA graphs"}
+        batches = sorted({self._rows(b) for b in batch_sizes or self._batch_buckets()}, reverse=True)
+        max_window = MAX_PROMPT_TOKENS + self.left_context + 64
+        windows = sorted({_round_up(w, WINDOW_STEP) if self.static_shapes else w
+                          for w in window_tokens or range(WINDOW_STEP, max_window + WINDOW_STEP, WINDOW_STEP)},
+                         reverse=True)
+        vocoder = sorted(set(vocoder_frames or range(VOCODER_STEP, 8 * VOCODER_STEP + 1, VOCODER_STEP)),
+                         reverse=True)
+        prepared, started = [], time.perf_counter()
+        try:
+            for rows in batches:  # largest first: later captures reuse the graph pool's memory
+                for width in windows:
+                    seconds = compute.timed(lambda: self._flow_runner.prepare(*self._flow_example(rows, width)))
+                    prepared.append({"stage": "flow", "batch": rows, "window_tokens": width, "seconds": seconds})
+                for frames in vocoder:
+                    mels = torch.randn(rows, MEL_CHANNELS, frames, device=self.device)
+                    source = torch.zeros(rows, 1, frames * SAMPLES_PER_MEL, device=self.device)
+                    seconds = compute.timed(lambda: (self._f0_runner.prepare(mels),
+                                                     self._spectrum_runner.prepare(mels, source)))
+                    prepared.append({"stage": "vocoder", "batch": rows, "frames": frames, "seconds": seconds})
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as exc:
+            self._fall_back(f"warmup failed: {type(exc).__name__}: {exc}")
+        self._warmup_seconds += time.perf_counter() - started
+        return {"prepared": prepared, "seconds": round(self._warmup_seconds, 3),
+                "fallback_reason": self._fallback_reason}
+
+    def _flow_example(self, rows: int, width: int) -> compute.Tensors:
+        frames, device = TOKEN_MEL_RATIO * width, self.device
+        z = torch.randn(rows, MEL_CHANNELS, frames, device=device)
+        return z, torch.randn_like(z), torch.ones(rows, 1, frames, device=device), \
+            torch.randn(rows, MEL_CHANNELS, device=device), torch.zeros_like(z)
+
+    def _batch_buckets(self) -> list[int]:
+        return [1 << i for i in range((self.max_batch - 1).bit_length() + 1)]
+
+    def status(self) -> dict:
+        flow_calls, flow_rows, flow_pad = self._batches["flow"]
+        vocoder_calls, vocoder_rows, vocoder_pad = self._batches["vocoder"]
+        return {
+            "device": str(self.device),
+            "estimator_dtype": str(self.dtype or torch.float32).removeprefix("torch."),
+            "encoder_vocoder_dtype": "float32",
+            "compile_mode": self.compile_mode,
+            "cuda_graphs": self.cuda_graphs,
+            "static_shapes": self.static_shapes,
+            "prepared_flow_shapes": len(self._flow_runner.prepared),
+            "prepared_vocoder_shapes": len(self._spectrum_runner.prepared),
+            "warmup_seconds": round(self._warmup_seconds, 3),
+            "fallback_reason": self._fallback_reason,
+            "cfm_steps": self.cfm_steps,
+            "left_context_tokens": self.left_context,
+            "vocoder_overlap_frames": self.vocoder_overlap,
+            "max_batch": self.max_batch,
+            "flow_batches": {"calls": flow_calls, "rows": flow_rows, "padding_rows": flow_pad},
+            "vocoder_batches": {"calls": vocoder_calls, "rows": vocoder_rows, "padding_rows": vocoder_pad},
+            "voice_cache": self.voices.status(),
+        }
 
     # ---- reference: the whole utterance at once -----------------------------------------------------------
 
     def decode_whole(self, stream: S3GenStream, tokens: torch.Tensor) -> np.ndarray:
         """Every token in one call (no left-context bound), for comparing with the streamed decode."""
-        saved, self.left_context = self.left_context, 0
-        try:
-            return self.decode(stream, tokens, finalize=True)
-        finally:
-            self.left_context = saved
+        return self._decode_many([(stream, tokens, True)], left_context=0)[0]
+
+
+def _round_up(length: int, step: int) -> int:
+    return -(-length // step) * step
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return None if dtype in (None, torch.float32) else dtype
 
 
 class HarmonicSource:
@@ -198,7 +527,7 @@ class HarmonicSource:
     Upstream's SineGen restarts the harmonic phase at every call and draws fresh random phases and noise, so
     two chunkings of one utterance excite the vocoder differently. Here the phase accumulates across calls and
     the noise comes from fixed per-stream blocks indexed by sample position: the same f0 gives the same source
-    whether the utterance is vocoded whole or in pieces.
+    whether the utterance is vocoded whole or in pieces. `excite` computes, `advance` commits.
     """
 
     NOISE_BLOCK = 4800  # samples per deterministic noise block (0.2 s)
@@ -217,35 +546,30 @@ class HarmonicSource:
         self.cycles = torch.zeros(self.n_harmonics, 1, dtype=torch.float64, device=device)
         self.position = 0  # samples produced so far
 
-    def next(self, f0: torch.Tensor) -> torch.Tensor:
-        """Excitation (1, 1, len(f0)) for the next samples, given their f0 in Hz."""
+    def excite(self, f0: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, int]]:
+        """Excitation (len(f0),) for the next samples, given their f0 in Hz, and the state after them."""
         sine = self.module.l_sin_gen
         harmonics = torch.arange(1, self.n_harmonics + 1, device=f0.device, dtype=torch.float64)[:, None]
         cycles = self.cycles + torch.cumsum(f0.double()[None] * harmonics / self.sample_rate, dim=1)
-        self.cycles = cycles[:, -1:] % 1.0
         waves = sine.sine_amp * torch.sin(2 * torch.pi * (cycles % 1.0).float() + self.phase_offsets)
         voiced = (f0 > sine.voiced_threshold).float()[None]
         noise_amp = voiced * sine.noise_std + (1 - voiced) * sine.sine_amp / 3
-        waves = waves * voiced + noise_amp * self._noise(len(f0))
-        self.position += len(f0)
+        waves = waves * voiced + noise_amp * self._noise(self.position, len(f0))
         merged = self.module.l_tanh(self.module.l_linear(waves.T.to(self.module.l_linear.weight.dtype)))
-        return merged.T[None].float()  # (1, 1, samples)
+        return merged[:, 0].float(), (cycles[:, -1:] % 1.0, self.position + len(f0))
 
-    def _noise(self, length: int) -> torch.Tensor:
-        first, last = self.position // self.NOISE_BLOCK, (self.position + length - 1) // self.NOISE_BLOCK
+    def advance(self, state: tuple[torch.Tensor, int]) -> None:
+        self.cycles, self.position = state
+
+    def _noise(self, position: int, length: int) -> torch.Tensor:
+        first, last = position // self.NOISE_BLOCK, (position + length - 1) // self.NOISE_BLOCK
         blocks = [self._noise_block(k) for k in range(first, last + 1)]
-        offset = self.position - first * self.NOISE_BLOCK
+        offset = position - first * self.NOISE_BLOCK
         return torch.cat(blocks, dim=1)[:, offset:offset + length]
 
     def _noise_block(self, index: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
         return torch.randn(self.n_harmonics, self.NOISE_BLOCK, generator=generator).to(self.device)
-
-
-def _align_prompt(prompt_token: torch.Tensor, prompt_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep exactly two mel frames per prompt token (embed_ref trims tokens, but older voices may not)."""
-    n_tokens = min(prompt_token.shape[1], prompt_feat.shape[1] // TOKEN_MEL_RATIO)
-    return prompt_token[:, :n_tokens], prompt_feat[:, : TOKEN_MEL_RATIO * n_tokens]
 
 
 @dataclass(frozen=True)
@@ -266,30 +590,38 @@ class StreamingQuality:
         return self.edge_jump / max(self.inside_jump, 1e-12)
 
 
-def streaming_quality(streamer: S3GenStreamer, ref: dict, tokens: torch.Tensor, first: int, chunk: int,
-                      seed: int = 0) -> StreamingQuality:
-    """Decode `tokens` as a stream (first `first` tokens, then `chunk` at a time) and whole; compare."""
-    import time
-
-    started = time.perf_counter()
-    stream = streamer.open(ref, seed=seed)
+def stream_chunks(streamer: S3GenStreamer, stream: S3GenStream, tokens: torch.Tensor, first: int,
+                  chunk: int) -> list[np.ndarray]:
+    """Decode `tokens` as a stream would arrive: the first `first` (+ lookahead) tokens, then `chunk` at a time."""
     parts, count = [], first + streamer.lookahead
     while count < len(tokens):
         parts.append(streamer.decode(stream, tokens[:count], finalize=False))
         count += chunk
     parts.append(streamer.decode(stream, tokens, finalize=True))
+    return parts
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    n = min(len(reference), len(other))
+    error = other[:n] - reference[:n]
+    return float(10 * np.log10(np.sum(reference[:n] ** 2) / max(float(np.sum(error ** 2)), 1e-20)))
+
+
+def streaming_quality(streamer: S3GenStreamer, ref: dict, tokens: torch.Tensor, first: int, chunk: int,
+                      seed: int = 0) -> StreamingQuality:
+    """Decode `tokens` as a stream (first `first` tokens, then `chunk` at a time) and whole; compare."""
+    started = time.perf_counter()
+    parts = stream_chunks(streamer, streamer.open(ref, seed=seed), tokens, first, chunk)
     streamed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     whole = streamer.decode_whole(streamer.open(ref, seed=seed), tokens)
     whole_seconds = time.perf_counter() - started
     streamed = np.concatenate(parts)
-    n = min(len(streamed), len(whole))
-    error = streamed[:n] - whole[:n]
-    snr = 10 * np.log10(np.sum(whole[:n] ** 2) / max(float(np.sum(error ** 2)), 1e-20))
     jumps = np.abs(np.diff(streamed))
     edges = np.cumsum([len(p) for p in parts[:-1]])
     at_edge = np.zeros(len(jumps), dtype=bool)
     for edge in edges:
         at_edge[max(0, edge - 2):edge + 1] = True
-    return StreamingQuality(float(snr), float(jumps[at_edge].max(initial=0.0)), float(jumps[~at_edge].max()),
-                            len(streamed), len(whole), len(parts), streamed_seconds, whole_seconds)
+    return StreamingQuality(snr_db(whole, streamed), float(jumps[at_edge].max(initial=0.0)),
+                            float(jumps[~at_edge].max()), len(streamed), len(whole), len(parts),
+                            streamed_seconds, whole_seconds)

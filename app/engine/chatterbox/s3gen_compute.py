@@ -1,0 +1,228 @@
+"""S3Gen's compute over batches of right-padded windows, free of host syncs so it can be graph-captured.
+
+Chatterbox's modules are used as they are; three of their forward passes are re-stated here because the
+upstream versions cannot serve a padded batch or a CUDA graph:
+
+* `encode`: upstream's encoder zero-pads the lookahead convolution only at the true end of the input; in a
+  padded row the convolution would read the (non-zero) embeddings of pad positions. Zeroing those first makes
+  row i equal the unpadded call on its first `lengths[i]` tokens.
+* `estimator_forward`: upstream's `ConditionalDecoder.forward` calls `add_optional_chunk_mask`, which reads a
+  value back to the host (`.item()`) 14 times per call, breaking CUDA graph capture and torch.compile graphs.
+  The math is unchanged; the attention bias comes straight from the mask.
+* `vocoder_spectrum`: `HiFTGenerator.decode` minus its last step, because `torch.istft` checks its window
+  envelope on the host; the inverse STFT runs outside the captured part (`vocoder_waveform`).
+
+Every convolution in the encoder and estimator is causal or reads positions the mask zeroes, and every
+attention masks pad keys, so padding changes a row's result only by float rounding (tests bound it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Tensors = tuple[torch.Tensor, ...]
+
+
+def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) bool: True on each row's first `lengths[i]` positions."""
+    return torch.arange(width, device=lengths.device)[None] < lengths[:, None]
+
+
+def encode(flow, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Flow encoder + projection: tokens (B, L) right-padded, lengths (B,) -> mu (B, 2L, 80)."""
+    encoder = flow.encoder
+    valid = padding_mask(lengths, tokens.shape[1])
+    xs = flow.input_embedding(tokens) * valid[..., None]
+    xs, pos_emb, masks = encoder.embed(xs, valid[:, None])
+    xs = xs * valid[..., None]  # the lookahead convolution must read zeros past each row's end, as unpadded
+    xs = encoder.pre_lookahead_layer(xs)
+    xs = encoder.forward_layers(xs, masks, pos_emb, masks)
+    xs, up_lengths = encoder.up_layer(xs.transpose(1, 2).contiguous(), lengths)
+    up_valid = padding_mask(up_lengths, xs.shape[2])[:, None]
+    xs, pos_emb, masks = encoder.up_embed(xs.transpose(1, 2).contiguous(), up_valid)
+    xs = encoder.forward_up_layers(xs, masks, pos_emb, masks)
+    if encoder.normalize_before:
+        xs = encoder.after_norm(xs)
+    return flow.encoder_proj(xs)
+
+
+def estimator_forward(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                      spks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """`ConditionalDecoder.forward` (non-meanflow) without host syncs. x, mu, cond (B, 80, T); mask (B, 1, T)."""
+    t = estimator.time_mlp(estimator.time_embeddings(t).to(t.dtype))
+    x = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
+    hiddens, masks = [], [mask]
+    for resnet, blocks, downsample in estimator.down_blocks:
+        mask_down = masks[-1]
+        x = _attend(blocks, resnet(x, mask_down, t), mask_down, t)
+        hiddens.append(x)
+        x = downsample(x * mask_down)
+        masks.append(mask_down[:, :, ::2])
+    masks = masks[:-1]
+    for resnet, blocks in estimator.mid_blocks:
+        x = _attend(blocks, resnet(x, masks[-1], t), masks[-1], t)
+    for resnet, blocks, upsample in estimator.up_blocks:
+        mask_up = masks.pop()
+        skip = hiddens.pop()
+        x = torch.cat([x[:, :, :skip.shape[-1]], skip], dim=1)
+        x = _attend(blocks, resnet(x, mask_up, t), mask_up, t)
+        x = upsample(x * mask_up)
+    x = estimator.final_block(x, mask_up)
+    return estimator.final_proj(x * mask_up) * mask
+
+
+def _attend(blocks, x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    x = x.transpose(1, 2).contiguous()
+    bias = (1.0 - mask.bool().to(x.dtype)) * -1.0e10  # upstream's mask_to_bias
+    for block in blocks:
+        x = block(hidden_states=x, attention_mask=bias, timestep=t)
+    return x.transpose(1, 2).contiguous()
+
+
+def cfm_step(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor,
+             cond: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cfg_rate: float,
+             autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """One Euler step of `solve_euler` with classifier-free guidance: the conditional and unconditional halves
+    run as one batch of 2B rows. `t`, `r` are (1,) tensors so every step shares one compiled graph."""
+    batch = x.shape[0]
+    zeros = torch.zeros_like
+    with _autocast(x.device, autocast_dtype):
+        velocity = estimator_forward(
+            estimator, torch.cat([x, x]), torch.cat([mask, mask]), torch.cat([mu, zeros(mu)]),
+            t.expand(2 * batch), torch.cat([spks, zeros(spks)]), torch.cat([cond, zeros(cond)]))
+    conditional, unconditional = velocity.float().split(batch)
+    return x + (r - t) * ((1.0 + cfg_rate) * conditional - cfg_rate * unconditional)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cfm_time_span(steps: int, scheduler: str, device: torch.device) -> torch.Tensor:
+    t_span = torch.linspace(0, 1, steps + 1, device=device)
+    if scheduler == "cosine":
+        t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+    return t_span
+
+
+def vocoder_f0(hift, mels: torch.Tensor) -> torch.Tensor:
+    """F0 in Hz per output sample: mels (B, 80, V) -> (B, V * 480)."""
+    return hift.f0_upsamp(hift.f0_predictor(mels)[:, None])[:, 0]
+
+
+def vocoder_spectrum(hift, mels: torch.Tensor, source: torch.Tensor) -> Tensors:
+    """`HiFTGenerator.decode` up to its inverse STFT: mels (B, 80, V), source (B, 1, V * 480) ->
+    (magnitude, phase), each (B, n_fft / 2 + 1, frames)."""
+    real, imag = hift._stft(source.squeeze(1))
+    source_stft = torch.cat([real, imag], dim=1)
+    x = hift.conv_pre(mels)
+    for i in range(hift.num_upsamples):
+        x = torch.nn.functional.leaky_relu(x, hift.lrelu_slope)
+        x = hift.ups[i](x)
+        if i == hift.num_upsamples - 1:
+            x = hift.reflection_pad(x)
+        x = x + hift.source_resblocks[i](hift.source_downs[i](source_stft))
+        kernels = hift.resblocks[i * hift.num_kernels:(i + 1) * hift.num_kernels]
+        x = sum(block(x) for block in kernels) / hift.num_kernels
+    x = hift.conv_post(torch.nn.functional.leaky_relu(x))
+    bins = hift.istft_params["n_fft"] // 2 + 1
+    return torch.exp(x[:, :bins]), torch.sin(x[:, bins:])
+
+
+def vocoder_waveform(hift, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(hift._istft(magnitude, phase), -hift.audio_limit, hift.audio_limit)
+
+
+# ---- compiled and captured execution per shape ------------------------------------------------------------
+
+COMPILE_OWNS_GRAPHS = ("reduce-overhead", "max-autotune")  # torch.compile modes that record CUDA graphs
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: Tensors
+    outputs: Tensors
+
+
+@dataclass
+class ShapeRunner:
+    """Runs `eager(*tensors) -> tensors`, or for shapes `prepare`d beforehand `optimized` (a torch.compile'd
+    version, or `eager` again), optionally captured as a CUDA graph replayed on static buffers. Unprepared
+    shapes run eagerly, so a new shape never stalls a request on a compile or a capture. Outputs are fresh
+    tensors (a replay overwrites the graph's own)."""
+
+    eager: Callable[..., Tensors]
+    optimized: Callable[..., Tensors]
+    capture: bool  # our own CUDA graphs (off when torch.compile records its own)
+    pool: object = None
+    prepared: set[tuple] = field(default_factory=set)
+    graphs: dict[tuple, _Graph] = field(default_factory=dict)
+
+    @staticmethod
+    def key(args: Tensors) -> tuple:
+        return tuple((tuple(a.shape), a.dtype) for a in args)
+
+    def __call__(self, *args: torch.Tensor) -> Tensors:
+        key = self.key(args)
+        graph = self.graphs.get(key)
+        if graph is not None:
+            for static, value in zip(graph.inputs, args):
+                static.copy_(value)
+            graph.graph.replay()
+            return tuple(output.clone() for output in graph.outputs)
+        if key in self.prepared:
+            return tuple(output.clone() for output in self.optimized(*args))
+        return self.eager(*args)
+
+    def prepare(self, *args: torch.Tensor) -> None:
+        """Run `optimized` on these shapes until its kernels are settled (compiled, cudagraph trees recorded),
+        then capture it if asked."""
+        key = self.key(args)
+        if key in self.prepared:
+            return
+        device = args[0].device
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            for _ in range(3):  # cuBLAS/cuFFT plans, the allocator, compilation; cudagraph trees record on run 3
+                self.optimized(*args)
+        if side is not None:
+            torch.cuda.current_stream(device).wait_stream(side)
+        if self.capture:
+            inputs = tuple(a.clone() for a in args)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                outputs = self.optimized(*inputs)
+            self.graphs[key] = _Graph(graph, inputs, outputs)
+        self.prepared.add(key)
+
+    def reset(self) -> None:
+        self.prepared.clear()
+        self.graphs.clear()
+
+
+def compile_function(fn: Callable, mode: str, shapes: int) -> Callable:
+    """torch.compile `fn` with room for `shapes` specialisations (dynamo's default recompile limit is 8)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), shapes + 8))
+    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4 * (shapes + 8))
+    return torch.compile(fn, mode=mode)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
