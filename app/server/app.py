@@ -46,7 +46,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     """`engine` is injectable for tests; by default the lifespan builds the one the settings name."""
     routes: list[BaseRoute] = [*ops.routes, *http_api.routes, *openai_api.routes, *voices_api.routes,
                                WebSocketRoute("/v1/stream", stream_endpoint)]
-    public_paths = {"/health"}
+    # Probes and Prometheus cannot send a key; /ready and /metrics reveal no content and must stay reachable.
+    public_paths = {"/health", "/ready", "/metrics"}
     if (STATIC_DIR / "index.html").is_file():
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
         public_paths |= _static_paths(STATIC_DIR)

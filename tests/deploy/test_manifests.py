@@ -300,8 +300,6 @@ def test_hpa_scales_on_a_per_pod_gauge_the_server_exports(manifests: Manifests):
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="app.server.app makes only /health public: with CBR_API_KEY set, /ready and "
-                                       "/metrics answer 401 to kubelet and Prometheus, which cannot present the key")
 def test_probed_and_scraped_paths_need_no_api_key(manifests: Manifests, keyed_server):
     """Kubelet probes and Prometheus cannot present CBR_API_KEY: the paths they use must not require it."""
     container = manifests.server_container()

@@ -142,11 +142,12 @@ class TestApiKey:
                 await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd.code == 1008
 
-    def test_http_routes_need_the_key_but_health_does_not(self, keyed_server):
-        assert keyed_server.get("/health").status_code == 200
-        for path in ("/ready", "/metrics", "/optimization-status"):
+    def test_http_routes_need_the_key_but_probes_and_metrics_do_not(self, keyed_server):
+        for path in ("/health", "/ready", "/metrics"):  # kubelet and Prometheus cannot present a key
+            assert keyed_server.get(path).status_code == 200
+        for path in ("/optimization-status", "/v1/voices"):
             assert keyed_server.get(path).status_code == 401
             assert keyed_server.get(path, headers={"X-API-Key": "nope"}).status_code == 401
             assert keyed_server.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-        assert keyed_server.get(f"/metrics?api_key={KEY}").status_code == 200
+        assert keyed_server.get(f"/optimization-status?api_key={KEY}").status_code == 200
         assert keyed_server.post("/configure-streaming", json={"chunk_size": 60}).status_code == 401

@@ -91,4 +91,4 @@ def test_demo_page_is_served_at_root_even_with_an_api_key(server_factory):
     server = server_factory(api_key="k")
     page = server.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert server.get("/metrics").status_code == 401
+    assert server.get("/optimization-status").status_code == 401
