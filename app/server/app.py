@@ -28,7 +28,7 @@ from app.engine.base import Engine
 from app.engine.factory import build_engine
 from app.engine.worker import EngineWorker
 from app.metrics import Metrics
-from app.server import http_api, openai_api, ops, voices_api
+from app.server import elevenlabs, http_api, openai_api, ops, voices_api
 from app.server.auth import ApiKeyMiddleware
 from app.server.runtime import Runtime
 from app.server.stream import stream_endpoint
@@ -45,7 +45,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     """`engine` is injectable for tests; by default the lifespan builds the one the settings name."""
     routes: list[BaseRoute] = [*ops.routes, *http_api.routes, *openai_api.routes, *voices_api.routes,
-                               WebSocketRoute("/v1/stream", stream_endpoint)]
+                               *elevenlabs.routes, WebSocketRoute("/v1/stream", stream_endpoint)]
     # Probes and Prometheus cannot send a key; /ready and /metrics reveal no content and must stay reachable.
     public_paths = {"/health", "/ready", "/metrics"}
     if (STATIC_DIR / "index.html").is_file():
@@ -53,7 +53,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         public_paths |= _static_paths(STATIC_DIR)
     app = Starlette(routes=routes, lifespan=_lifespan,
                     middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key,
-                                           is_public=public_paths.__contains__)])
+                                           is_public=lambda path: path in public_paths
+                                           or elevenlabs.is_elevenlabs_path(path))])
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = Metrics()

@@ -1,12 +1,15 @@
-"""`/v1/stream`: one WebSocket, many contexts (docs/protocol.md).
+"""`/v1/stream`: one WebSocket, many contexts (docs/protocol.md), and the context machinery other WebSocket
+protocols reuse (app/server/elevenlabs.py).
 
-Per connection: a receive loop (parses and applies client messages in order), an `Outbox` with one sender task
-(the only writer to the socket, so a slow reader blocks nobody but itself), and a watchdog (idle timeout, slow
-readers).
+Per connection (`Connection`, whatever the protocol): admission, a receive loop, an `Outbox` with one sender
+task (the only writer to the socket, so a slow reader blocks nobody but itself), and a watchdog (slow readers,
+idleness). `StreamConnection` speaks /v1/stream on top of it.
 
-Per context: text -> `AdaptiveChunker` -> one engine request per chunk, submitted as soon as the chunk exists
-(chunks of a context may synthesize concurrently) -> an emitter task that encodes each chunk's audio strictly in
-chunk order into the outbox. Timing stats are taken when frames are actually handed to the socket.
+Per context (`StreamContext`): text -> `AdaptiveChunker` -> one engine request per chunk, submitted as soon as
+the chunk exists (chunks of a context may synthesize concurrently) -> an emitter task that encodes each chunk's
+audio strictly in chunk order into the outbox. What goes on the wire for each of its events (audio, chunk
+started/done, flushed, done, cancelled, error) is its `Framing`'s business, so the pipeline is the same for
+every protocol. Timing stats are taken when frames are actually handed to the socket.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -48,6 +51,7 @@ TRY_AGAIN_LATER = 1013
 
 _FLUSH = "flush"
 _END = "end"
+StatsSource = Callable[[], dict[str, Any]]  # builds stats when called (they are final only once sent)
 
 
 @dataclass
@@ -71,10 +75,6 @@ class Services:
                    base_generation=GenerationSettings(max_new_tokens=state.settings.max_new_tokens))
 
 
-async def stream_endpoint(websocket: WebSocket) -> None:
-    await Connection(websocket, Services.from_state(websocket.app.state)).serve()
-
-
 # ---- the send side ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -83,7 +83,9 @@ class _Close:
     reason: str
 
 
-Payload = str | bytes | Callable[[], str] | _Close  # a callable builds its event when sent (stats known by then)
+# A callable builds its event when sent (stats are known by then); None (or a callable returning None) sends
+# nothing, but its `on_sent` still runs in order.
+Payload = str | bytes | Callable[[], str | None] | _Close | None
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Outbox:
 
     def send(self, payload: Payload, owner: Any = None, on_sent: Callable[[float], None] | None = None) -> None:
         """Queue a message; `on_sent(now)` runs once it has been handed to the socket."""
-        if not self._closing:
+        if not self._closing and (payload is not None or on_sent is not None):
             self._items.append(_Item(payload, owner, on_sent))
             self._wakeup.set()
 
@@ -142,7 +144,7 @@ class Outbox:
         payload = item.payload() if callable(item.payload) else item.payload
         if isinstance(payload, bytes):
             await self._ws.send_bytes(payload)
-        else:
+        elif payload is not None:
             await self._ws.send_text(payload)
         if item.on_sent is not None:
             item.on_sent(time.monotonic())
@@ -160,6 +162,9 @@ class ChunkJob:
         self.error: EngineError | None = None
         self.speech_tokens = 0
         self.queued_s = 0.0  # audio seconds of this chunk put into the outbox
+        # The engine's final piece of audio, once it has arrived (it stays None when the request ended without
+        # audio in its final output): lets a framing know a chunk's last audio when it queues it.
+        self.last_piece: np.ndarray | None = None
         self._handle: RequestHandle | None = None
         self._reader: asyncio.Task | None = None
 
@@ -185,6 +190,8 @@ class ChunkJob:
         try:
             async for output in handle:
                 if output.pcm.size:
+                    if output.finished:
+                        self.last_piece = output.pcm
                     self.pieces.put_nowait(output.pcm)
                 self.speech_tokens = max(self.speech_tokens, output.speech_tokens)
         except EngineError as exc:
@@ -194,29 +201,106 @@ class ChunkJob:
             self.pieces.put_nowait(None)
 
 
+# ---- what a context puts on the wire ------------------------------------------------------------------------
+
+class AudioEncoder(Protocol):
+    """Engine PCM in, client bytes out, as one continuous stream (`StreamEncoder` is one)."""
+
+    sample_rate: int
+
+    @property
+    def bytes_per_second(self) -> int: ...
+
+    def encode(self, pcm: np.ndarray) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class Framing:
+    """How one context's events become messages of its protocol. Each method returns what to queue, or None
+    for "nothing on the wire" (the pipeline and its stats run the same either way)."""
+
+    frame_seconds = FRAME_SECONDS  # longest audio message
+
+    def chunk_started(self, chunk: TextChunk) -> Payload:
+        return None
+
+    def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
+        """One frame of encoded audio. `chunk` is the text it speaks (None for an encoder's held-back tail);
+        `chunk_ends` is set on the chunk's last frame when the engine marked its final piece."""
+        raise NotImplementedError
+
+    def chunk_done(self, chunk: TextChunk, stats: StatsSource) -> Payload:
+        return None
+
+    def flushed(self) -> Payload:
+        return None
+
+    def done(self, stats: StatsSource) -> Payload:
+        raise NotImplementedError
+
+    def cancelled(self) -> Payload:
+        return None
+
+    def error(self, code: str, message: str) -> Payload:
+        raise NotImplementedError
+
+
+class NativeFraming(Framing):
+    """/v1/stream: JSON events, binary audio frames tagged with the context's channel."""
+
+    def __init__(self, context_id: str, channel: int):
+        self.context_id = context_id
+        self.channel = channel
+
+    def chunk_started(self, chunk: TextChunk) -> Payload:
+        return p.chunk_started_event(self.context_id, chunk.index, chunk.text)
+
+    def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
+        return p.audio_frame(self.channel, data)
+
+    def chunk_done(self, chunk: TextChunk, stats: StatsSource) -> Payload:
+        return lambda: p.chunk_done_event(self.context_id, chunk.index, stats())
+
+    def flushed(self) -> Payload:
+        return p.flushed_event(self.context_id)
+
+    def done(self, stats: StatsSource) -> Payload:
+        return lambda: p.done_event(self.context_id, stats())
+
+    def cancelled(self) -> Payload:
+        return p.cancelled_event(self.context_id)
+
+    def error(self, code: str, message: str) -> Payload:
+        return p.error_event(code, message, self.context_id)
+
+
 # ---- one context --------------------------------------------------------------------------------------------
 
 class StreamContext:
-    def __init__(self, connection: "Connection", start: p.Start, channel: int, voice: Any, chunk_size: int):
+    def __init__(self, connection: "Connection", start: p.Start, serial: int, voice: Any, chunk_size: int,
+                 encoder: AudioEncoder, framing: Framing):
         self.connection = connection
         self.services = connection.services
         self.id = start.context_id
-        self.channel = channel
+        self.serial = serial  # unique on the connection: names its engine requests
         self.start = start
         self.voice = voice
+        self.framing = framing
         self.chunker = AdaptiveChunker(ChunkerConfig(chunk_size=chunk_size))
-        self.encoder = StreamEncoder(start.output.encoding, start.output.sample_rate,
-                                     source_rate=self.services.sample_rate)
-        sample_bytes = self.encoder.bytes_per_second // start.output.sample_rate
-        self.frame_bytes = max(1, int(start.output.sample_rate * FRAME_SECONDS)) * sample_bytes
+        self.encoder = encoder
+        sample_bytes = max(1, encoder.bytes_per_second // encoder.sample_rate)  # 1 for compressed streams
+        frame_bytes = round(encoder.bytes_per_second * framing.frame_seconds)
+        self.frame_bytes = max(sample_bytes, frame_bytes - frame_bytes % sample_bytes)
         self.times = ContextTimes()
         self.clock = PlaybackClock()
         self.jobs: list[ChunkJob] = []  # released chunks whose audio is not all queued yet
         self._waiting: deque[tuple[float, float]] = deque()  # (queued at, seconds) of frames not yet sent
         self._waiting_s = 0.0
+        self.last_activity = time.monotonic()  # a message for it, or its audio sent (protocols' idle rules)
         self.ended = False
         self.closed = False
-        self._dropped = False  # aborted: queued audio was discarded
+        self.dropped = False  # aborted (cancel, failure, disconnect): queued audio was discarded
         self._plan: asyncio.Queue[ChunkJob | str] = asyncio.Queue()  # chunks and flush/end markers, in order
         self._last_times: ChunkTimes | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -226,7 +310,15 @@ class StreamContext:
     def outbox(self) -> Outbox:
         return self.connection.outbox
 
+    @property
+    def busy(self) -> bool:
+        """Text released to synthesis whose audio has not all been sent yet."""
+        return bool(self.jobs) or bool(self._waiting)
+
     # ---- client messages ------------------------------------------------------------------------------------
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
 
     def push_text(self, text: str) -> None:
         self._refuse_after_end("text")
@@ -235,25 +327,40 @@ class StreamContext:
             self.fail("text_too_long", f"more than {limit} characters of unspoken text; context cancelled")
             return
         now = time.monotonic()
+        self.last_activity = now
         if self.times.first_text is None:
             self.times.first_text = now
         self._release(self.chunker.push(text, now, self.buffered_s(now)), now)
 
-    def flush(self) -> None:
+    def release_buffered(self) -> None:
+        """Send everything buffered to synthesis now, without waiting for a boundary."""
         self._refuse_after_end("flush")
         now = time.monotonic()
+        self.last_activity = now
         self._release(self.chunker.flush(), now)
+
+    def flush(self) -> None:
+        """`release_buffered`, then the encoder's held-back tail and the protocol's `flushed` once all of it
+        has been queued."""
+        self.release_buffered()
         self._plan.put_nowait(_FLUSH)
 
-    def end(self) -> None:
+    def end(self, speak_buffered: bool = True) -> None:
+        """No more text: speak the rest (or, with `speak_buffered=False`, only what was already released to
+        synthesis, dropping the text still buffered), then `done`, then the context closes."""
         self._refuse_after_end("end")
         self.ended = True
         now = time.monotonic()
-        self._release(self.chunker.end(), now)
+        self.last_activity = now
+        if speak_buffered:
+            self._release(self.chunker.end(), now)
+        else:
+            self.chunker.clear()
+            self._schedule_poll()
         self._plan.put_nowait(_END)
 
     def cancel(self) -> None:
-        self.abort(p.cancelled_event(self.id))
+        self.abort(self.framing.cancelled())
 
     def _refuse_after_end(self, kind: str) -> None:
         if self.ended:
@@ -293,12 +400,12 @@ class StreamContext:
         else:
             job.finish_empty()
         self.jobs.append(job)
-        self.outbox.send(p.chunk_started_event(self.id, chunk.index, chunk.text), owner=self)
+        self.outbox.send(self.framing.chunk_started(chunk), owner=self)
         self._plan.put_nowait(job)
 
     def _request(self, chunk: TextChunk, now: float) -> EngineRequest:
         return EngineRequest(
-            request_id=f"{self.connection.id}-{self.channel}-{chunk.index}", text=chunk.speak_text,
+            request_id=f"{self.connection.id}-{self.serial}-{chunk.index}", text=chunk.speak_text,
             voice=self.voice, settings=self.start.generation, priority=self.start.priority,
             deadline=self._deadline(now), first_in_context=len(self.times.chunks) == 1, arrival=now)
 
@@ -337,11 +444,11 @@ class StreamContext:
             item = await self._plan.get()
             if item == _FLUSH:
                 self._queue_audio(self.encoder.flush(), self._last_times)
-                self.outbox.send(p.flushed_event(self.id), owner=self)
+                self.outbox.send(self.framing.flushed(), owner=self)
             elif item == _END:
                 self._queue_audio(self.encoder.flush(), self._last_times)
                 # The context stays open (cancel still works) until `done` has reached the socket.
-                self.outbox.send(lambda: p.done_event(self.id, self.times.as_stats(self.clock)), owner=self,
+                self.outbox.send(self.framing.done(lambda: self.times.as_stats(self.clock)), owner=self,
                                  on_sent=lambda now: self._close())
                 return
             elif not await self._emit_chunk(item):
@@ -349,37 +456,42 @@ class StreamContext:
 
     async def _emit_chunk(self, job: ChunkJob) -> bool:
         while (pcm := await job.pieces.get()) is not None:
-            self._queue_audio(self.encoder.encode(pcm), job.times, job)
+            self._queue_audio(self.encoder.encode(pcm), job.times, job, chunk_ends=pcm is job.last_piece)
         if job.error is not None:
             self.fail("engine_error", job.error.message)
             return False
         self.services.metrics.speech_tokens.inc(job.speech_tokens)
         self.jobs.remove(job)
         self._last_times = job.times
-        self.outbox.send(partial(self._chunk_done_event, job), owner=self)
+        self.outbox.send(self.framing.chunk_done(job.chunk, job.times.as_stats), owner=self,
+                         on_sent=partial(self._on_chunk_sent, job))
         return True
 
-    def _queue_audio(self, data: bytes, times: ChunkTimes | None, job: ChunkJob | None = None) -> None:
-        """Split into frames of at most FRAME_SECONDS and queue them."""
+    def _queue_audio(self, data: bytes, times: ChunkTimes | None, job: ChunkJob | None = None,
+                     chunk_ends: bool = False) -> None:
+        """Split into frames of at most the framing's frame_seconds and queue them."""
         if not data or times is None:
             return
         now = time.monotonic()
+        chunk = None if job is None else job.chunk
         for start in range(0, len(data), self.frame_bytes):
             piece = data[start:start + self.frame_bytes]
             seconds = len(piece) / self.encoder.bytes_per_second
             self._waiting.append((now, seconds))
             self._waiting_s += seconds
-            self.outbox.send(p.audio_frame(self.channel, piece), owner=self,
+            last = chunk_ends and start + self.frame_bytes >= len(data)
+            self.outbox.send(self.framing.audio(piece, seconds, chunk, last), owner=self,
                              on_sent=partial(self._on_audio_sent, times, seconds))
             if job is not None:
                 job.queued_s += seconds
 
     def _on_audio_sent(self, times: ChunkTimes, seconds: float, now: float) -> None:
-        if self._dropped:  # a frame that was already being written when the context was dropped
+        if self.dropped:  # a frame that was already being written when the context was dropped
             return
         self._waiting.popleft()
         self._waiting_s -= seconds
         self.connection.last_activity = now
+        self.last_activity = now
         if times.first_audio is None:
             times.first_audio = now
         times.audio_s += seconds
@@ -389,23 +501,26 @@ class StreamContext:
         if self.clock.on_frame(now, seconds, times.first_text):
             self.services.metrics.underruns.inc()
 
-    def _chunk_done_event(self, job: ChunkJob) -> str:
-        stats = job.times.as_stats()
-        if stats["rtf"] is not None:
-            self.services.metrics.rtf.observe(stats["rtf"])
-        return p.chunk_done_event(self.id, job.chunk.index, stats)
+    def _on_chunk_sent(self, job: ChunkJob, now: float) -> None:
+        """All audio of the chunk has reached the socket: its stats are final."""
+        rtf = job.times.as_stats()["rtf"]
+        if rtf is not None:
+            self.services.metrics.rtf.observe(rtf)
 
     # ---- endings --------------------------------------------------------------------------------------------
 
     def fail(self, code: str, message: str) -> None:
+        if self.closed:
+            return
         self.services.metrics.errors.labels(code).inc()
-        self.abort(p.error_event(code, message, self.id))
+        self.abort(self.framing.error(code, message))
+        self.connection.context_failed(self, code, message)
 
-    def abort(self, final_event: str | None) -> None:
+    def abort(self, final_event: Payload) -> None:
         """Stop at once: abort every in-flight request, drop queued audio, then send `final_event`."""
         if self.closed:
             return
-        self._dropped = True
+        self.dropped = True
         for job in self.jobs:
             job.cancel()
         self.jobs.clear()
@@ -427,9 +542,13 @@ class StreamContext:
         self.connection.forget(self)
 
 
-# ---- one connection -----------------------------------------------------------------------------------------
+# ---- one connection, whatever its protocol ------------------------------------------------------------------
 
 class Connection:
+    """Admission, registration with the runtime, the outbox and its sender, the watchdog and the registry of
+    contexts. Subclasses speak a protocol: they greet, turn client text frames into context calls
+    (`on_text`), and decide what idleness means (`check_idle`)."""
+
     def __init__(self, websocket: WebSocket, services: Services):
         self.ws = websocket
         self.services = services
@@ -437,11 +556,16 @@ class Connection:
         self.outbox = Outbox(websocket)
         self.contexts: dict[str, StreamContext] = {}
         self.last_activity = time.monotonic()
-        self._next_channel = 1
+        self._next_serial = 1
 
     @property
     def open_contexts(self) -> int:
         return len(self.contexts)
+
+    @property
+    def idle_timeout_s(self) -> float:
+        """The protocol's idle limit (the watchdog ticks often enough to honour it)."""
+        return self.services.settings.idle_timeout_s
 
     async def serve(self) -> None:
         await self.ws.accept(subprotocol=accepted_subprotocol(self.ws.scope))
@@ -455,7 +579,7 @@ class Connection:
         sender = asyncio.create_task(self.outbox.run())
         watchdog = asyncio.create_task(self._watchdog())
         try:
-            self.outbox.send(self._ready_event())
+            await self.greet()
             await self._receive_loop()
         finally:
             for context in list(self.contexts.values()):
@@ -475,6 +599,99 @@ class Connection:
             return TRY_AGAIN_LATER, "too many connections"
         return None
 
+    async def close(self, code: int, reason: str) -> None:
+        """Close after what is queued (used by the idle watchdog and the drain)."""
+        self.outbox.close(code, reason)
+        try:
+            await asyncio.wait_for(self.outbox.finished.wait(), CLOSE_WAIT_S)
+        except TimeoutError:
+            log.warning("connection %s: client not reading; close %d not delivered", self.id, code)
+
+    # ---- what a protocol provides ---------------------------------------------------------------------------
+
+    async def greet(self) -> None:
+        """Runs once the connection is admitted, before the first client message is read."""
+
+    async def on_text(self, raw: str) -> None:
+        raise NotImplementedError
+
+    def on_binary(self) -> None:
+        raise NotImplementedError
+
+    async def check_idle(self, now: float) -> bool:
+        """Called every watchdog tick; True when the connection is closing and the watchdog can stop."""
+        return False
+
+    def context_failed(self, context: StreamContext, code: str, message: str) -> None:
+        """After a context failed (its framing's error was queued)."""
+
+    # ---- contexts -------------------------------------------------------------------------------------------
+
+    async def open_context(self, start: p.Start, encoder: AudioEncoder,
+                           framing: Callable[[int], Framing]) -> StreamContext:
+        """A new context; `framing(serial)` builds its framing. Raises `ProtocolError` when it may not open."""
+        settings, runtime = self.services.settings, self.services.runtime
+        context_id = start.context_id
+        if runtime.draining:
+            raise p.ProtocolError("shutting_down", "the server is shutting down and opens no new contexts",
+                                  context_id)
+        if context_id in self.contexts:
+            raise p.ProtocolError("bad_request", f"start: context {context_id!r} is already open", context_id)
+        if len(self.contexts) >= settings.max_contexts_per_connection:
+            raise p.ProtocolError("too_many_contexts", f"at most {settings.max_contexts_per_connection} open "
+                                                       "contexts per connection", context_id)
+        try:
+            voice = await self.services.voices.conditionals(start.voice)
+        except VoiceError as exc:
+            raise p.ProtocolError(exc.code, exc.message, context_id) from None
+        serial = self._next_serial
+        self._next_serial += 1
+        context = StreamContext(self, start, serial, voice, start.chunk_size or runtime.chunk_size, encoder,
+                                framing(serial))
+        self.contexts[context_id] = context
+        self.services.metrics.active_streams.inc()
+        return context
+
+    def forget(self, context: StreamContext) -> None:
+        if self.contexts.get(context.id) is context:
+            del self.contexts[context.id]
+            self.services.metrics.active_streams.dec()
+            self.services.runtime.contexts_changed()
+
+    # ---- receiving and watching -----------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self.last_activity = time.monotonic()
+            if message.get("text") is not None:
+                await self.on_text(message["text"])
+            else:
+                self.on_binary()
+
+    async def _watchdog(self) -> None:
+        """Every tick: drop contexts whose client reads slower than real time, then the protocol's idle rule."""
+        settings = self.services.settings
+        tick = max(0.01, min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, self.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for context in list(self.contexts.values()):
+                if context.reader_lag_s(now) > settings.send_buffer_s:
+                    context.fail("slow_consumer", f"the client read too slowly: audio waited more than "
+                                                  f"{settings.send_buffer_s:g} s past its playback time")
+            if await self.check_idle(now):
+                return
+
+
+# ---- /v1/stream ---------------------------------------------------------------------------------------------
+
+class StreamConnection(Connection):
+    async def greet(self) -> None:
+        self.outbox.send(self._ready_event())
+
     def _ready_event(self) -> str:
         s = self.services.settings
         limits = {"max_contexts": s.max_contexts_per_connection, "max_buffered_text": s.max_buffered_text,
@@ -486,38 +703,22 @@ class Connection:
                     "chunking": {"chunk_size": self.services.runtime.chunk_size}}
         return p.ready_event(self.services.engine_info, limits, defaults)
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close after what is queued (used by the idle watchdog and the drain)."""
-        self.outbox.close(code, reason)
-        try:
-            await asyncio.wait_for(self.outbox.finished.wait(), CLOSE_WAIT_S)
-        except TimeoutError:
-            log.warning("connection %s: client not reading; close %d not delivered", self.id, code)
-
-    def forget(self, context: StreamContext) -> None:
-        if self.contexts.get(context.id) is context:
-            del self.contexts[context.id]
-            self.services.metrics.active_streams.dec()
-            self.services.runtime.contexts_changed()
-
     def send_error(self, code: str, message: str, context_id: str | None = None) -> None:
         self.services.metrics.errors.labels(code).inc()
         self.outbox.send(p.error_event(code, message, context_id))
 
-    # ---- receiving ------------------------------------------------------------------------------------------
+    async def check_idle(self, now: float) -> bool:
+        idle_timeout_s = self.idle_timeout_s
+        if now - self.last_activity <= idle_timeout_s:
+            return False
+        self.send_error("idle_timeout", f"nothing sent or received for {idle_timeout_s:g} s")
+        await self.close(NORMAL_CLOSURE, "idle timeout")
+        return True
 
-    async def _receive_loop(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            self.last_activity = time.monotonic()
-            if message.get("text") is not None:
-                await self._on_text(message["text"])
-            else:
-                self.send_error("binary_not_supported", "binary frames are not accepted; send JSON text frames")
+    def on_binary(self) -> None:
+        self.send_error("binary_not_supported", "binary frames are not accepted; send JSON text frames")
 
-    async def _on_text(self, raw: str) -> None:
+    async def on_text(self, raw: str) -> None:
         try:
             message = p.parse_message(raw, self.services.base_generation)
             await self._dispatch(message)
@@ -540,40 +741,12 @@ class Connection:
         {"flush": context.flush, "cancel": context.cancel, "end": context.end}[message.type]()
 
     async def _open(self, start: p.Start) -> StreamContext:
-        settings, runtime = self.services.settings, self.services.runtime
-        context_id = start.context_id
-        if runtime.draining:
-            raise p.ProtocolError("shutting_down", "the server is shutting down and opens no new contexts",
-                                  context_id)
-        if context_id in self.contexts:
-            raise p.ProtocolError("bad_request", f"start: context {context_id!r} is already open", context_id)
-        if len(self.contexts) >= settings.max_contexts_per_connection:
-            raise p.ProtocolError("too_many_contexts", f"at most {settings.max_contexts_per_connection} open "
-                                                       "contexts per connection", context_id)
-        try:
-            voice = await self.services.voices.conditionals(start.voice)
-        except VoiceError as exc:
-            raise p.ProtocolError(exc.code, exc.message, context_id) from None
-        context = StreamContext(self, start, self._next_channel, voice, start.chunk_size or runtime.chunk_size)
-        self._next_channel += 1
-        self.contexts[context_id] = context
-        self.services.metrics.active_streams.inc()
-        self.outbox.send(p.started_event(context_id, context.channel, start.output))
+        output = start.output
+        encoder = StreamEncoder(output.encoding, output.sample_rate, source_rate=self.services.sample_rate)
+        context = await self.open_context(start, encoder, partial(NativeFraming, start.context_id))
+        self.outbox.send(p.started_event(start.context_id, context.serial, output))
         return context
 
-    async def _watchdog(self) -> None:
-        """Every tick: drop contexts whose client reads slower than real time; close the connection when
-        nothing was received or sent for idle_timeout_s."""
-        settings = self.services.settings
-        tick = max(0.01, min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, settings.idle_timeout_s / 4))
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            for context in list(self.contexts.values()):
-                if context.reader_lag_s(now) > settings.send_buffer_s:
-                    context.fail("slow_consumer", f"the client read too slowly: audio waited more than "
-                                                  f"{settings.send_buffer_s:g} s past its playback time")
-            if now - self.last_activity > settings.idle_timeout_s:
-                self.send_error("idle_timeout", f"nothing sent or received for {settings.idle_timeout_s:g} s")
-                await self.close(NORMAL_CLOSURE, "idle timeout")
-                return
+
+async def stream_endpoint(websocket: WebSocket) -> None:
+    await StreamConnection(websocket, Services.from_state(websocket.app.state)).serve()

@@ -1,0 +1,608 @@
+"""ElevenLabs-compatible text-to-speech WebSockets (docs/elevenlabs.md): `stream-input` (one reply per socket)
+and `multi-stream-input` (contexts), as their SDK's `convert_realtime` and the Pipecat and LiveKit plugins use
+them, so an agent built for ElevenLabs works against this server by changing only its base URL.
+
+A thin adapter over the /v1/stream machinery (app/server/stream.py): `ElevenLabsConnection` translates their
+messages into context calls (text, flush, end, close), `ElevenLabsFraming` turns a context's audio into their
+base64 JSON messages with approximate character alignment, and every other part (chunker, ordered engine
+submission, stats, limits, slow readers, drain) is the native pipeline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import orjson
+import soundfile as sf
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from app.audio.encode import SAMPLE_RATES, StreamEncoder
+from app.audio.resample import StreamResampler
+from app.engine.types import EngineError, GenerationSettings
+from app.server import protocol as p
+from app.server.auth import key_accepted, presented_keys
+from app.server.runtime import GOING_AWAY
+from app.server.stream import (INTERNAL_ERROR, NORMAL_CLOSURE, SPEECH_CHARS_PER_SECOND, AudioEncoder,
+                               Connection, Framing, Payload, Services, StatsSource, StreamContext)
+from app.text.chunker import TextChunk
+
+SINGLE_PATH = "/v1/text-to-speech/{voice_id}/stream-input"
+MULTI_PATH = "/v1/text-to-speech/{voice_id}/multi-stream-input"
+_PATHS = re.compile(r"/v1/text-to-speech/[^/]+/(multi-)?stream-input")
+
+DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"  # theirs
+DEFAULT_INACTIVITY_S = 20.0
+MAX_INACTIVITY_S = 180.0
+MAX_SEED = 4_294_967_295
+DEFAULT_CONTEXT = "default"  # the context of messages without a context_id
+MESSAGE_SECONDS = 1.0  # longest audio message: long enough that most carry whole words for their alignment
+POLICY_VIOLATION = 1008
+_CLOSE_REASON_BYTES = 123  # the most a WebSocket close reason may hold
+
+# Their MP3 formats; LAME takes any of these rates and bitrates.
+MP3_FORMATS = {"mp3_22050_32", "mp3_24000_48", "mp3_44100_32", "mp3_44100_64", "mp3_44100_96", "mp3_44100_128",
+               "mp3_44100_192"}
+_IGNORED_BOOLEANS = ("sync_alignment", "enable_ssml_parsing", "enable_logging")
+_TEXT_NORMALIZATION = ("auto", "on", "off")
+
+# Our error codes as theirs (the `error` field); the close code is 1008 unless _CLOSE_CODES says otherwise.
+_ERROR_NAMES = {"too_many_contexts": "max_active_conversations", "unknown_voice": "voice_not_found",
+                "invalid_voice_name": "voice_not_found", "bad_json": "invalid_input_message",
+                "bad_request": "invalid_input_message"}
+_CLOSE_CODES = {"engine_error": INTERNAL_ERROR, "internal_error": INTERNAL_ERROR, "shutting_down": GOING_AWAY}
+
+
+class ElevenLabsError(Exception):
+    """A failure reported their way: `{"message", "error", "code"}`, then the socket closes with `code`."""
+
+    def __init__(self, error: str, message: str, code: int = POLICY_VIOLATION, context_id: str | None = None):
+        super().__init__(message)
+        self.error = error
+        self.message = message
+        self.code = code
+        self.context_id = context_id
+
+    @classmethod
+    def from_ours(cls, code: str, message: str, context_id: str | None = None) -> "ElevenLabsError":
+        return cls(_ERROR_NAMES.get(code, code), message, _CLOSE_CODES.get(code, POLICY_VIOLATION), context_id)
+
+
+def is_elevenlabs_path(path: str) -> bool:
+    """These routes check API keys themselves: their clients may send the key in the first message."""
+    return _PATHS.fullmatch(path) is not None
+
+
+# ---- query parameters ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OutputFormat:
+    name: str
+    codec: str  # "pcm" (s16le), "ulaw" or "mp3"
+    sample_rate: int
+    kbps: int | None = None  # mp3 only
+
+    @classmethod
+    def parse(cls, name: str) -> "OutputFormat":
+        codec, _, rest = name.partition("_")
+        rate, _, kbps = rest.partition("_")
+        supported = ((codec == "pcm" and not kbps and rate.isdigit() and int(rate) in SAMPLE_RATES)
+                     or name == "ulaw_8000" or name in MP3_FORMATS)
+        if not supported:
+            choices = [f"pcm_{rate}" for rate in SAMPLE_RATES] + ["ulaw_8000", *sorted(MP3_FORMATS)]
+            raise ElevenLabsError("invalid_output_format", f"output_format {name!r} is not supported; use one of "
+                                                           f"{', '.join(choices)}")
+        return cls(name, codec, int(rate), int(kbps) if kbps else None)
+
+    def encoder(self, source_rate: int) -> AudioEncoder:
+        if self.codec == "mp3":
+            return Mp3StreamEncoder(self.sample_rate, self.kbps or 128, source_rate)
+        return StreamEncoder("mulaw" if self.codec == "ulaw" else "pcm_s16le", self.sample_rate, source_rate)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the handshake's query says; model_id, language_code, apply_text_normalization,
+    optimize_streaming_latency and the checked booleans are accepted and have no effect (docs/elevenlabs.md)."""
+
+    output: OutputFormat = OutputFormat(DEFAULT_OUTPUT_FORMAT, "mp3", 44100, 128)
+    inactivity_timeout_s: float = DEFAULT_INACTIVITY_S
+    auto_mode: bool = False
+    seed: int | None = None
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> "Options":
+        for name in _IGNORED_BOOLEANS:
+            if name in query:
+                _boolean(query, name)
+        normalization = query.get("apply_text_normalization", "auto")
+        if normalization not in _TEXT_NORMALIZATION:
+            raise _bad_parameter("apply_text_normalization", f"one of {', '.join(_TEXT_NORMALIZATION)}")
+        return cls(output=OutputFormat.parse(query.get("output_format", DEFAULT_OUTPUT_FORMAT)),
+                   inactivity_timeout_s=_inactivity_timeout(query), auto_mode=_boolean(query, "auto_mode"),
+                   seed=_seed(query))
+
+
+def _bad_parameter(name: str, expected: str) -> ElevenLabsError:
+    return ElevenLabsError("invalid_parameters", f"query parameter {name} must be {expected}")
+
+
+def _boolean(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise _bad_parameter(name, "true or false")
+    return value == "true"
+
+
+def _inactivity_timeout(query: Mapping[str, str]) -> float:
+    raw = query.get("inactivity_timeout")
+    if raw is None:
+        return DEFAULT_INACTIVITY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_INACTIVITY_S:
+        raise _bad_parameter("inactivity_timeout", f"a number of seconds in (0, {MAX_INACTIVITY_S:g}]")
+    return value
+
+
+def _seed(query: Mapping[str, str]) -> int | None:
+    raw = query.get("seed")
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) > MAX_SEED:
+        raise _bad_parameter("seed", f"an integer between 0 and {MAX_SEED}")
+    return int(raw)
+
+
+def query_keys(websocket: WebSocket) -> list[str]:
+    """API keys in their places (header or query `xi-api-key`, query `authorization`), besides ours."""
+    keys = list(presented_keys(websocket.scope))
+    keys += [value for value in (websocket.headers.get("xi-api-key"),) if value]
+    for name in ("xi-api-key", "xi_api_key", "authorization"):
+        keys += [_bearer(value) for value in websocket.query_params.getlist(name)]
+    return keys
+
+
+def _bearer(value: str) -> str:
+    return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+
+
+# ---- voice settings -----------------------------------------------------------------------------------------
+
+_NEUTRAL_STABILITY = 0.5  # their default
+_TEMPERATURE_PER_STABILITY = 0.8  # stability 0 -> temperature 1.2, 0.5 -> 0.8 (ours), 1 -> 0.4
+_EXAGGERATION_PER_STYLE = 1.0  # style 0 (their default) -> exaggeration 0.5 (neutral), 1 -> 1.5
+_VOICE_SETTING_RANGES = {"stability": (0.0, 1.0), "similarity_boost": (0.0, 1.0), "style": (0.0, 1.0),
+                         "speed": (0.7, 1.2)}
+
+
+def generation_settings(voice_settings: Any, seed: int | None, base: GenerationSettings) -> GenerationSettings:
+    """Their voice settings as ours where the meaning carries over: stability (how much a generation varies)
+    sets the sampling temperature, style sets Chatterbox's exaggeration. similarity_boost, use_speaker_boost
+    and speed are checked and ignored."""
+    settings = voice_settings or {}
+    if not isinstance(settings, dict):
+        raise ElevenLabsError("invalid_input_message", "voice_settings must be an object")
+    for name, (low, high) in _VOICE_SETTING_RANGES.items():
+        value = settings.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not low <= value <= high):
+            raise ElevenLabsError("invalid_voice_settings", f"voice_settings.{name} must be a number in "
+                                                            f"[{low:g}, {high:g}]")
+    if not isinstance(settings.get("use_speaker_boost", False), (bool, type(None))):
+        raise ElevenLabsError("invalid_voice_settings", "voice_settings.use_speaker_boost must be a boolean")
+    changes: dict[str, Any] = {} if seed is None else {"seed": seed}
+    if settings.get("stability") is not None:
+        changes["temperature"] = base.temperature + (_NEUTRAL_STABILITY - settings["stability"]) \
+            * _TEMPERATURE_PER_STABILITY
+    if settings.get("style") is not None:
+        changes["exaggeration"] = base.exaggeration + settings["style"] * _EXAGGERATION_PER_STYLE
+    try:
+        return GenerationSettings.from_mapping(changes, base=base)
+    except EngineError as exc:
+        raise ElevenLabsError("invalid_voice_settings", exc.message) from None
+
+
+# ---- client messages ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Message:
+    text: str | None = None  # None: absent; "": end of input (single) or keep-alive (multi)
+    flush: bool = False
+    context_id: str | None = None
+    close_context: bool = False
+    close_socket: bool = False
+    voice_settings: Any = None
+    keys: tuple[str, ...] = ()  # API keys it carries
+
+    @classmethod
+    def parse(cls, raw: str) -> "Message":
+        """Their message schemas allow unknown fields; only the ones used here are checked."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise ElevenLabsError("invalid_input_message", "Could not parse input message, make sure it is a json "
+                                                           "object and follows the schema outlined in protocol.")
+        context_id = data.get("context_id", data.get("contextId"))
+        if context_id is not None and (not isinstance(context_id, str) or not 1 <= len(context_id)
+                                       <= p.MAX_ID_CHARS):
+            raise _bad_field("context_id", f"a string of 1-{p.MAX_ID_CHARS} characters")
+        text = data.get("text")
+        if text is not None and not isinstance(text, str):
+            raise _bad_field("text", "a string")
+        keys = tuple(_bearer(data[name]) for name in ("xi_api_key", "xi-api-key", "authorization")
+                     if isinstance(data.get(name), str))
+        return cls(text=text, flush=_flag(data, "flush"), context_id=context_id,
+                   close_context=_flag(data, "close_context"), close_socket=_flag(data, "close_socket"),
+                   voice_settings=data.get("voice_settings"), keys=keys)
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _bad_field(name, "a boolean")
+    return bool(value)
+
+
+def _bad_field(name: str, expected: str) -> ElevenLabsError:
+    return ElevenLabsError("invalid_input_message", f"field {name} must be {expected}")
+
+
+# ---- audio messages -----------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\S+\s*|\s+")  # a word with the spaces after it (or leading spaces)
+
+
+class Aligner:
+    """Approximate character timings for a context's audio messages (we do not measure them).
+
+    Each chunk's characters are laid over its audio at an estimated speaking rate, learnt from the context's
+    previous chunks: a word goes with the first message during which it is estimated to start, and the
+    chunk's last message takes every word left. Within a message its characters share its duration evenly,
+    so a message's timings start at 0 and end at its own length, and every character is sent exactly once,
+    in order (the chunks' texts rejoin to the normalized input).
+    """
+
+    def __init__(self) -> None:
+        self._rate = SPEECH_CHARS_PER_SECOND
+        self._index: int | None = None  # the chunk being spoken
+        self._chars = 0
+        self._spoken_s = 0.0
+        self._words: deque[tuple[int, str]] = deque()  # (offset in the chunk, word) not yet sent
+
+    def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> dict[str, Any] | None:
+        if chunk is None:  # an encoder's held-back tail: the end of the previous chunk
+            due = self._take_all()
+        else:
+            carried = self._begin(chunk) if chunk.index != self._index else []
+            self._spoken_s += seconds
+            if chunk_ends:
+                self._learn_rate()
+                due = carried + self._take_all()
+            else:
+                due = carried + self._take_started()
+        return _alignment("".join(due), seconds)
+
+    def _begin(self, chunk: TextChunk) -> list[str]:
+        """Start a chunk; words the previous one had left (its final audio was not marked) come first."""
+        carried = self._take_all()
+        self._index = chunk.index
+        self._chars = len(chunk.text)
+        self._spoken_s = 0.0
+        self._words = deque((match.start(), match.group()) for match in _WORD.finditer(chunk.text))
+        return carried
+
+    def _take_started(self) -> list[str]:
+        due = []
+        while self._words and self._words[0][0] / self._rate < self._spoken_s:
+            due.append(self._words.popleft()[1])
+        return due
+
+    def _take_all(self) -> list[str]:
+        due = [word for _, word in self._words]
+        self._words.clear()
+        return due
+
+    def _learn_rate(self) -> None:
+        if self._spoken_s > 0 and self._chars:
+            self._rate = (self._rate + self._chars / self._spoken_s) / 2
+
+
+def _alignment(chars: str, seconds: float) -> dict[str, Any] | None:
+    if not chars:
+        return None
+    total_ms = seconds * 1000.0
+    starts = [round(i * total_ms / len(chars)) for i in range(len(chars))]
+    ends = starts[1:] + [round(total_ms)]
+    return {"chars": list(chars), "charStartTimesMs": starts,
+            "charDurationsMs": [end - start for start, end in zip(starts, ends)]}
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return orjson.dumps(message).decode()
+
+
+def error_message(error: ElevenLabsError) -> str:
+    message: dict[str, Any] = {"message": error.message, "error": error.error, "code": error.code}
+    if error.context_id is not None:
+        message["contextId"] = error.context_id
+    return _dumps(message)
+
+
+class ElevenLabsFraming(Framing):
+    """Their server messages: audio as base64 JSON with alignment, `isFinal` when a context is done;
+    `contextId` on every message of a multi-context socket."""
+
+    frame_seconds = MESSAGE_SECONDS
+
+    def __init__(self, context_id: str | None):
+        self.context_id = context_id  # None on a single-stream socket
+        self._aligner = Aligner()
+
+    def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
+        alignment = self._aligner.align(seconds, chunk, chunk_ends)
+        return self._message(audio=base64.b64encode(data).decode("ascii"), isFinal=False,
+                             normalizedAlignment=alignment, alignment=alignment)
+
+    def done(self, stats: StatsSource) -> Payload:
+        if self.context_id is None:
+            return self._message(audio=None, isFinal=True, normalizedAlignment=None, alignment=None)
+        return self._message(isFinal=True)
+
+    def error(self, code: str, message: str) -> Payload:
+        return error_message(ElevenLabsError.from_ours(code, message, self.context_id))
+
+    def _message(self, **fields: Any) -> str:
+        if self.context_id is not None:
+            fields["contextId"] = self.context_id
+        return _dumps(fields)
+
+
+class Mp3StreamEncoder:
+    """Streaming constant-bitrate MP3 (LAME, through libsndfile): `encode` returns the frames finished so far.
+    `flush` ends the MP3 stream and the next audio starts a new one; decoders play the streams back to back."""
+
+    def __init__(self, sample_rate: int, kbps: int, source_rate: int):
+        self.sample_rate = sample_rate
+        self.kbps = kbps
+        self._resampler = StreamResampler(source_rate, sample_rate)
+        self._file: sf.SoundFile | None = None
+        self._buffer = io.BytesIO()
+        self._taken = 0
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.kbps * 1000 // 8
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        self._write(self._resampler.process(pcm))
+        return self._take()
+
+    def flush(self) -> bytes:
+        self._write(self._resampler.flush())
+        if self._file is None:
+            return b""
+        self._file.close()  # LAME's last frames
+        self._file = None
+        return self._take()
+
+    def _write(self, pcm: np.ndarray) -> None:
+        if not pcm.size:
+            return
+        if self._file is None:
+            self._buffer, self._taken = io.BytesIO(), 0
+            self._file = sf.SoundFile(self._buffer, "w", self.sample_rate, 1, format="MP3",
+                                      subtype="MPEG_LAYER_III", compression_level=self._compression_level(),
+                                      bitrate_mode="CONSTANT", closefd=False)
+        self._file.write(np.clip(pcm, -1.0, 1.0))
+
+    def _take(self) -> bytes:
+        data = self._buffer.getvalue()[self._taken:]
+        self._taken += len(data)
+        return data
+
+    def _compression_level(self) -> float:
+        """libsndfile maps its compression level linearly onto the bitrates of the MPEG version the sample
+        rate implies (MPEG-1: 32-320 kb/s, MPEG-2: 8-160 kb/s); it refuses exactly 1.0."""
+        high, low = (320, 32) if self.sample_rate >= 32000 else (160, 8)
+        return min(0.999, (high - self.kbps) / (high - low))
+
+
+# ---- the connection -----------------------------------------------------------------------------------------
+
+class ElevenLabsConnection(Connection):
+    """One `stream-input` (`multi=False`: one reply, then the socket closes) or `multi-stream-input` socket.
+
+    Every client mistake and failure is reported their way and closes the socket, as theirs does: an
+    `{"message", "error", "code"}` message, then the close code it names.
+    """
+
+    def __init__(self, websocket: WebSocket, services: Services, multi: bool):
+        super().__init__(websocket, services)
+        self.multi = multi
+        self.voice_id = websocket.path_params["voice_id"].lower()  # our ids are lower case
+        self.options = Options()  # until `greet` reads the query
+        self._authorized = False
+        self._input_closed = False  # end of input (single), close_socket (multi), or a fatal error
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self.options.inactivity_timeout_s
+
+    async def greet(self) -> None:
+        try:
+            self.options = Options.parse(self.ws.query_params)
+        except ElevenLabsError as exc:
+            self._fatal(exc)  # the receive loop ends when the client answers the close
+            return
+        api_key = self.services.settings.api_key
+        self._authorized = not api_key or key_accepted(api_key, query_keys(self.ws))
+
+    # ---- messages -------------------------------------------------------------------------------------------
+
+    def on_binary(self) -> None:
+        self._fatal(ElevenLabsError("invalid_input_message", "binary frames are not accepted; send JSON text"))
+
+    async def on_text(self, raw: str) -> None:
+        if self._input_closed:
+            return  # after the end, their server reads nothing more either
+        try:
+            message = Message.parse(raw)
+            self._authorize(message)
+            if self.multi:
+                await self._on_multi(message)
+            else:
+                await self._on_single(message)
+        except ElevenLabsError as exc:
+            self._fatal(exc)
+        except p.ProtocolError as exc:
+            self._fatal(ElevenLabsError.from_ours(exc.code, exc.message, exc.context_id if self.multi else None))
+
+    def _authorize(self, message: Message) -> None:
+        """Without a key in the handshake, the first message must carry one."""
+        if self._authorized:
+            return
+        if not key_accepted(self.services.settings.api_key, message.keys):
+            raise ElevenLabsError("invalid_api_key", "missing or invalid API key: send it in the xi-api-key "
+                                                     "header, or as xi_api_key in the first message")
+        self._authorized = True
+
+    async def _on_single(self, message: Message) -> None:
+        context = self.contexts.get(DEFAULT_CONTEXT) or await self._open(DEFAULT_CONTEXT, message.voice_settings)
+        if message.text == "":
+            self._input_closed = True
+            context.end()
+            return
+        self._speak(context, message)
+
+    async def _on_multi(self, message: Message) -> None:
+        if message.close_socket:
+            self._close_socket()
+            return
+        context_id = message.context_id or DEFAULT_CONTEXT
+        context = self.contexts.get(context_id)
+        if message.close_context:
+            if context is not None and not context.ended:
+                context.end(speak_buffered=False)
+            return
+        if not message.text:  # a keep-alive (or a flush of nothing) for this context, if it is open
+            if context is not None and not context.ended:
+                context.touch()
+                if message.flush:
+                    context.flush()
+            return
+        if context is not None and context.ended:
+            context.abort(None)  # the id is reused: the new context is unrelated to the closing one
+            context = None
+        self._speak(context or await self._open(context_id, message.voice_settings), message)
+
+    def _speak(self, context: StreamContext, message: Message) -> None:
+        context.touch()
+        if message.text:
+            context.push_text(message.text)
+        if context.closed:  # the text failed it (over the buffered-text limit)
+            return
+        if message.flush:
+            context.flush()
+        elif message.text and self.options.auto_mode:
+            context.release_buffered()  # auto_mode: each message is a whole phrase, spoken as it is
+
+    async def _open(self, context_id: str, voice_settings: Any) -> StreamContext:
+        generation = generation_settings(voice_settings, self.options.seed, self.services.base_generation)
+        start = p.Start(context_id=context_id, voice=self.voice_id, generation=generation)
+        encoder = self.options.output.encoder(self.services.sample_rate)
+        try:
+            return await self.open_context(start, encoder,
+                                           lambda serial: ElevenLabsFraming(context_id if self.multi else None))
+        except p.ProtocolError as exc:
+            raise self._open_error(exc) from None
+
+    def _open_error(self, exc: p.ProtocolError) -> ElevenLabsError:
+        context_id = exc.context_id if self.multi else None
+        if exc.code == "too_many_contexts":
+            limit = self.services.settings.max_contexts_per_connection
+            return ElevenLabsError("max_active_conversations", f"Maximum simultaneous contexts per WebSocket "
+                                   f"connection exceeded ({limit}). Please close an existing context before "
+                                   "opening a new one.", context_id=context_id)
+        if exc.code in ("unknown_voice", "invalid_voice_name"):
+            return ElevenLabsError("voice_not_found", f"A voice with voice_id {self.voice_id!r} was not found "
+                                                      "in this server's voice library.", context_id=context_id)
+        return ElevenLabsError.from_ours(exc.code, exc.message, context_id)
+
+    def _close_socket(self) -> None:
+        """Speak everything every context holds, send each one's isFinal, then close."""
+        self._input_closed = True
+        for context in list(self.contexts.values()):
+            if not context.ended:
+                context.end()
+        self._close_when_finished()
+
+    # ---- endings --------------------------------------------------------------------------------------------
+
+    def forget(self, context: StreamContext) -> None:
+        super().forget(context)
+        if not context.dropped:  # it finished: its isFinal has been sent
+            self._close_when_finished()
+
+    def _close_when_finished(self) -> None:
+        if self._input_closed and not self.contexts:
+            self.outbox.close(NORMAL_CLOSURE, "")
+
+    def context_failed(self, context: StreamContext, code: str, message: str) -> None:
+        """The context's framing queued the error; theirs closes the socket on any failure."""
+        for other in list(self.contexts.values()):
+            other.abort(None)
+        self._close_after_error(_CLOSE_CODES.get(code, POLICY_VIOLATION), message)
+
+    def _fatal(self, error: ElevenLabsError) -> None:
+        self.services.metrics.errors.labels(error.error).inc()
+        for context in list(self.contexts.values()):
+            context.abort(None)
+        self.outbox.send(error_message(error))
+        self._close_after_error(error.code, error.message)
+
+    def _close_after_error(self, code: int, message: str) -> None:
+        self._input_closed = True
+        reason = message.encode()[:_CLOSE_REASON_BYTES].decode(errors="ignore")
+        self.outbox.close(code, reason)
+
+    async def check_idle(self, now: float) -> bool:
+        """A multi-stream context closes after `inactivity_timeout` without a message for it or audio of it;
+        the socket closes when nothing was received or sent for that long (a single-stream socket until
+        the end of its input; a multi-stream socket while no context is open)."""
+        timeout = self.idle_timeout_s
+        if self.multi:
+            for context in list(self.contexts.values()):
+                if not context.ended and now - context.last_activity > timeout:
+                    context.end(speak_buffered=False)
+        waiting_for_input = not self._input_closed and not (self.multi and self.contexts)
+        if not waiting_for_input or now - self.last_activity <= timeout:
+            return False
+        self._fatal(ElevenLabsError(
+            "input_timeout_exceeded", f"Have not received a new text input within the timeout of {timeout:g} "
+                                      "seconds. Streaming input terminated. Please make sure to either feed the "
+                                      "input in a timely manner, or to send the end of input text (empty string "
+                                      '"") when done.'))
+        return True
+
+
+async def single_stream_endpoint(websocket: WebSocket) -> None:
+    await ElevenLabsConnection(websocket, Services.from_state(websocket.app.state), multi=False).serve()
+
+
+async def multi_stream_endpoint(websocket: WebSocket) -> None:
+    await ElevenLabsConnection(websocket, Services.from_state(websocket.app.state), multi=True).serve()
+
+
+routes = [WebSocketRoute(SINGLE_PATH, single_stream_endpoint),
+          WebSocketRoute(MULTI_PATH, multi_stream_endpoint)]
