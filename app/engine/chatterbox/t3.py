@@ -47,9 +47,10 @@ _CONTEXT_ALIGN = 64  # keeps every KV window a multiple of 16 elements, as the m
 
 # Rows of `T3Decoder._ints`: per-row integers the host derives and rewrites when the layout changes.
 _PARTNER, _OWNER, _ADVANCE, _LENGTH, _GENERATED, _KEY = range(6)
-# Rows of `T3Decoder._floats`: per-row sampling parameters.
+# Rows of `T3Decoder._floats`: per-row sampling parameters, and their neutral values for unused rows.
 _CFG, _REPETITION, _TEMPERATURE, _MIN_P, _TOP_P_FLOOR = range(5)
-_N_INTS, _N_FLOATS = 6, 5
+_FLOAT_DEFAULTS = (0.0, 1.0, 1.0, 0.0, 0.0)
+_N_INTS, _N_FLOATS = 6, len(_FLOAT_DEFAULTS)
 
 
 @dataclass
@@ -109,8 +110,9 @@ class T3Decoder:
         self._head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         if cfg.num_key_value_heads != self._heads:
             raise ValueError("T3Decoder expects as many KV heads as query heads (Chatterbox's T3 has both at 16)")
-        self._wqkv = [_fuse_linears(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) for l in self._layers]
-        self._wgate_up = [_fuse_linears(l.mlp.gate_proj, l.mlp.up_proj) for l in self._layers]
+        self._wqkv = [_fuse_linears(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+                      for layer in self._layers]
+        self._wgate_up = [_fuse_linears(layer.mlp.gate_proj, layer.mlp.up_proj) for layer in self._layers]
         self._speech_positions = t3.speech_pos_emb.emb.num_embeddings
 
         self._cache_len = -(-max_context // _CONTEXT_ALIGN) * _CONTEXT_ALIGN
@@ -146,10 +148,11 @@ class T3Decoder:
         self._floats = torch.zeros(_N_FLOATS, rows, dtype=torch.float32, device=dev)
         self._positions = torch.arange(self._cache_len, device=dev)
         self._vocab_hash = sampling.vocab_hashes(self._hp.speech_tokens_dict_size, dev)
-        # Chatterbox's own rotary module (llama3 scaling) evaluated once for every cache position.
-        probe = torch.zeros(1, dtype=self.dtype, device=dev)
-        cos, sin = self._t3.tfmr.rotary_emb(probe, self._positions[None])
-        self._cos, self._sin = cos[0], sin[0]  # (cache_len, head_dim)
+        # Chatterbox's rotary module (llama3 scaling) evaluated once for every cache position. A fresh instance:
+        # casting T3 to bf16 also casts the module's inv_freq buffer, which would blur far positions.
+        rotary = type(self._t3.tfmr.rotary_emb)(config=self._t3.cfg, device=dev)
+        cos, sin = rotary(torch.zeros(1, device=dev), self._positions[None])
+        self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # (cache_len, head_dim)
 
     @property
     def free_rows(self) -> int:
@@ -329,6 +332,8 @@ class T3Decoder:
         if self._step_fn is self._decode:
             return self._decode(rows, context)
         try:
+            if self._compile_owns_graphs():
+                torch.compiler.cudagraph_mark_step_begin()  # earlier step outputs may now be overwritten
             return self._step_fn(rows, context)
         except Exception as exc:  # a compile failure must not take the server down: decode eagerly instead
             self._fall_back(f"torch.compile({self.compile_mode}) failed: {type(exc).__name__}: {exc}")
@@ -348,8 +353,7 @@ class T3Decoder:
             return
         ints = [[row if field in (_PARTNER, _OWNER) else 0 for row in range(self.max_rows)]
                 for field in range(_N_INTS)]
-        floats = [[0.0] * self.max_rows, [1.0] * self.max_rows, [1.0] * self.max_rows,
-                  [0.0] * self.max_rows, [0.0] * self.max_rows]
+        floats = [[default] * self.max_rows for default in _FLOAT_DEFAULTS]
         advancing = set(stepped)
         for seq_id, stream in self._streams.items():
             cond, s = stream.rows[0], stream.settings
@@ -402,7 +406,7 @@ class T3Decoder:
         # The step mutates these in place; static addresses let compiled CUDA graphs keep them as inputs.
         for tensor in (self._kv, self._last_token, self._seen, self._ints, self._floats):
             torch._dynamo.mark_static_address(tensor)
-        return torch.compile(self._decode, mode=mode)
+        return torch.compile(self._decode, mode=mode, dynamic=True)  # one compile serves every bucket
 
     def _compile_owns_graphs(self) -> bool:
         return self.compile_mode in ("reduce-overhead", "max-autotune")
@@ -430,6 +434,7 @@ class T3Decoder:
                 for context in contexts:
                     if self._compile_owns_graphs():
                         for _ in range(3):  # cudagraph trees warm up, then record
+                            torch.compiler.cudagraph_mark_step_begin()
                             self._step_fn(window, context)
                     elif (window, context) not in self._graphs:
                         self._graphs[(window, context)] = self._capture_one(window, context)
