@@ -91,11 +91,44 @@ def test_padded_encoder_and_solver_rows_equal_unpadded_and_upstream(tiny_models,
         mask = torch.ones(1, 1, frames)
         reference = flow.decoder.solve_euler(z, t_span=streamer._t_span, mu=mu, mask=mask, spks=speaker, cond=cond)
         pad = 64  # a second row and 64 pad frames of noise, masked out of the first row
-        batch = [torch.cat([torch.cat([a, torch.randn(1, a.shape[1], pad)], 2), torch.randn(1, a.shape[1], frames + pad)])
-                 for a in (z, mu, cond)]
+        batch = [torch.cat([torch.cat([a, torch.randn(1, a.shape[1], pad)], 2),
+                            torch.randn(1, a.shape[1], frames + pad)]) for a in (z, mu, cond)]
         batch_mask = torch.cat([torch.cat([mask, torch.zeros(1, 1, pad)], 2), torch.ones(1, 1, frames + pad)])
         (solved,) = streamer._flow_runner(batch[0], batch[1], batch_mask, torch.cat([speaker, speaker]), batch[2])
         assert torch.allclose(solved[:1, :, :frames], reference, atol=1e-4)
+
+
+def test_vocoder_core_equals_upstream_decode(tiny_models):
+    from app.engine.chatterbox import s3gen_compute as compute
+
+    hift = tiny_models.s3gen.mel2wav
+    mels, source = torch.randn(2, 80, 32), torch.randn(2, 1, 32 * 480) * 0.1
+    with torch.inference_mode():
+        upstream = hift.decode(x=mels, s=source)
+        mine = compute.vocoder_waveform(hift, *compute.vocoder_spectrum(hift, mels, source))
+        assert torch.allclose(compute.vocoder_f0(hift, mels)[:, None], hift.f0_upsamp(hift.f0_predictor(mels)[:, None]))
+    assert torch.allclose(mine, upstream, atol=1e-6)
+
+
+def test_captured_parts_have_no_host_syncs_or_host_tensors(tiny_models):
+    """What CUDA graphs capture (a CFM step, the vocoder up to its inverse STFT) runs on the meta device, where
+    a read-back to the host (`.item()`, as upstream's estimator does) or a tensor made on the host raises."""
+    import copy
+
+    from app.engine.chatterbox import s3gen_compute as compute
+
+    estimator = copy.deepcopy(tiny_models.s3gen.flow.decoder.estimator).to("meta")
+    hift = copy.deepcopy(tiny_models.s3gen.mel2wav).to("meta")
+    hift.stft_window = hift.stft_window.to("meta")
+    x, mask = torch.randn(2, 80, 64, device="meta"), torch.ones(2, 1, 64, device="meta")
+    speaker = torch.randn(2, 80, device="meta")
+    t_span = torch.linspace(0, 1, 3, device="meta")
+    mels, source = torch.randn(2, 80, 32, device="meta"), torch.randn(2, 1, 32 * 480, device="meta")
+    with torch.inference_mode():
+        stepped = compute.cfm_step(estimator, x, mask, x, speaker, x, t_span[:1], t_span[1:2], 0.7, None)
+        f0 = compute.vocoder_f0(hift, mels)
+        magnitude, _ = compute.vocoder_spectrum(hift, mels, source)
+    assert stepped.shape == x.shape and f0.shape == (2, 32 * 480) and magnitude.device.type == "meta"
 
 
 def test_decode_many_equals_decoding_each_stream_alone(tiny_models, other_voice, tokens):
@@ -159,10 +192,7 @@ def test_bfloat16_estimator_stays_close_to_float32(tiny_models, tokens):
     """CPU autocast stands in for CUDA bf16: the mels may differ, but only by a small relative error."""
     def mels(dtype) -> torch.Tensor:
         streamer = S3GenStreamer(tiny_models.s3gen, cfm_steps=3, dtype=dtype)
-        stream = streamer.open(tiny_models.conds.gen, seed=4)
-        call = streamer._plan(stream, tokens[:40], True, left_context=0)
-        streamer._run_flow([call])
-        return call.mels
+        return streamer.whole_mels(streamer.open(tiny_models.conds.gen, seed=4), tokens[:40])
 
     reference, reduced = mels(None), mels("bfloat16")
     error = (reduced - reference).norm() / reference.norm()

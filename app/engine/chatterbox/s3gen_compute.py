@@ -82,6 +82,9 @@ def estimator_forward(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.
 def _attend(blocks, x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     x = x.transpose(1, 2).contiguous()
     bias = (1.0 - mask.bool().to(x.dtype)) * -1.0e10  # upstream's mask_to_bias
+    # Already one row per head, as diffusers' prepare_attention_mask would repeat it for every block
+    batch, heads = bias.shape[0], blocks[0].attn1.heads
+    bias = bias[:, None].expand(batch, heads, 1, bias.shape[2]).reshape(batch * heads, 1, bias.shape[2])
     for block in blocks:
         x = block(hidden_states=x, attention_mask=bias, timestep=t)
     return x.transpose(1, 2).contiguous()
@@ -105,7 +108,8 @@ def cfm_step(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, s
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    # No cast cache: cached casts made during a CUDA graph capture would not survive it
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def cfm_time_span(steps: int, scheduler: str, device: torch.device) -> torch.Tensor:
@@ -145,7 +149,9 @@ def vocoder_waveform(hift, magnitude: torch.Tensor, phase: torch.Tensor) -> torc
 
 # ---- compiled and captured execution per shape ------------------------------------------------------------
 
-COMPILE_OWNS_GRAPHS = ("reduce-overhead", "max-autotune")  # torch.compile modes that record CUDA graphs
+# torch.compile modes that record their own CUDA graphs (cudagraph trees) map to inductor without them: the
+# graphs are ours, one mechanism for every mode (`reduce-overhead` is then just our graphs).
+INDUCTOR_MODES = {"reduce-overhead": None, "max-autotune": "max-autotune-no-cudagraphs"}
 
 
 @dataclass
@@ -164,7 +170,7 @@ class ShapeRunner:
 
     eager: Callable[..., Tensors]
     optimized: Callable[..., Tensors]
-    capture: bool  # our own CUDA graphs (off when torch.compile records its own)
+    capture: bool  # CUDA graphs
     pool: object = None
     prepared: set[tuple] = field(default_factory=set)
     graphs: dict[tuple, _Graph] = field(default_factory=dict)
@@ -181,13 +187,11 @@ class ShapeRunner:
                 static.copy_(value)
             graph.graph.replay()
             return tuple(output.clone() for output in graph.outputs)
-        if key in self.prepared:
-            return tuple(output.clone() for output in self.optimized(*args))
-        return self.eager(*args)
+        return (self.optimized if key in self.prepared else self.eager)(*args)
 
     def prepare(self, *args: torch.Tensor) -> None:
-        """Run `optimized` on these shapes until its kernels are settled (compiled, cudagraph trees recorded),
-        then capture it if asked."""
+        """Run `optimized` on these shapes until its kernels are settled (and compiled), then capture it if
+        asked."""
         key = self.key(args)
         if key in self.prepared:
             return
@@ -196,7 +200,7 @@ class ShapeRunner:
         if side is not None:
             side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            for _ in range(3):  # cuBLAS/cuFFT plans, the allocator, compilation; cudagraph trees record on run 3
+            for _ in range(2):  # compilation, cuBLAS/cuFFT plans and workspaces, the caching allocator
                 self.optimized(*args)
         if side is not None:
             torch.cuda.current_stream(device).wait_stream(side)

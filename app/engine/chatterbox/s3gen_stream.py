@@ -141,9 +141,10 @@ class S3GenStreamer:
                  cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None):
         """`dtype`: precision of the flow estimator's matmuls and convolutions (autocast; default float32); the
         encoder and the vocoder stay float32. `compile_mode`: torch.compile mode for the estimator step and the
-        vocoder, applied to shapes `warmup()` prepares. `cuda_graphs`: capture prepared shapes as CUDA graphs
-        (CUDA only; left to torch.compile in modes that record their own). `max_batch`: streams per batch.
-        `static_shapes`: bucket lengths and batch sizes (default: on CUDA)."""
+        vocoder, applied to shapes `warmup()` prepares (`reduce-overhead` means our CUDA graphs without
+        inductor, `max-autotune` inductor's max-autotune-no-cudagraphs inside our graphs). `cuda_graphs`:
+        capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
+        bucket lengths and batch sizes (default: on CUDA)."""
         self.s3gen = s3gen
         self.flow = s3gen.flow
         self.hift = s3gen.mel2wav
@@ -159,7 +160,8 @@ class S3GenStreamer:
         self.static_shapes = device.type == "cuda" if static_shapes is None else static_shapes
         self.dtype = _resolve_dtype(dtype)
         self.compile_mode = compile_mode
-        self.cuda_graphs = cuda_graphs and device.type == "cuda" and compile_mode not in compute.COMPILE_OWNS_GRAPHS
+        self.inductor_mode = compute.INDUCTOR_MODES.get(compile_mode, compile_mode)
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.hift.stft_window = self.hift.stft_window.to(device)  # upstream moves it on every call otherwise
         self.voices = VoiceCache(self._voice_tensors)
         self._t_span = compute.cfm_time_span(cfm_steps, self.flow.decoder.t_scheduler, device)
@@ -395,15 +397,15 @@ class S3GenStreamer:
             return compute.vocoder_spectrum(hift, mels, source)
 
         optimized_step, optimized_f0, optimized_spectrum = eager_step, f0, spectrum
-        if self.compile_mode is not None:
+        if self.inductor_mode is not None:
             shapes = 64 * 16  # batch buckets x window buckets, generously
             try:
                 optimized_step, optimized_f0, optimized_spectrum = (
-                    compute.compile_function(fn, self.compile_mode, shapes) for fn in (eager_step, f0, spectrum))
-            except Exception as exc:  # e.g. an unknown mode: serve eagerly, say why in status()
-                self._fallback_reason = f"torch.compile({self.compile_mode!r}) failed: {type(exc).__name__}: {exc}"
-                log.warning("S3Gen streamer decodes eagerly: %s", self._fallback_reason)
-                self.compile_mode = None
+                    compute.compile_function(fn, self.inductor_mode, shapes) for fn in (eager_step, f0, spectrum))
+            except Exception as exc:  # e.g. an unknown mode: serve without inductor, say why in status()
+                self._fallback_reason = f"torch.compile({self.inductor_mode!r}) failed: {type(exc).__name__}: {exc}"
+                log.warning("S3Gen streamer runs without torch.compile: %s", self._fallback_reason)
+                self.compile_mode = self.inductor_mode = None
         pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._flow_runner = compute.ShapeRunner(partial(self._solve, eager_step), partial(self._solve, optimized_step),
                                                 self.cuda_graphs, pool)
@@ -428,10 +430,10 @@ class S3GenStreamer:
         self._fallback_reason = reason
         for runner in self._runners():
             runner.reset()
-        self.compile_mode, self.cuda_graphs = None, False
+        self.compile_mode, self.inductor_mode, self.cuda_graphs = None, None, False
 
     def optimizing(self) -> bool:
-        return self.cuda_graphs or self.compile_mode is not None
+        return self.cuda_graphs or self.inductor_mode is not None
 
     @torch.inference_mode()
     def warmup(self, batch_sizes: Iterable[int] | None = None, window_tokens: Iterable[int] | None = None,
@@ -489,6 +491,7 @@ class S3GenStreamer:
             "estimator_dtype": str(self.dtype or torch.float32).removeprefix("torch."),
             "encoder_vocoder_dtype": "float32",
             "compile_mode": self.compile_mode,
+            "inductor_mode": self.inductor_mode,
             "cuda_graphs": self.cuda_graphs,
             "static_shapes": self.static_shapes,
             "prepared_flow_shapes": len(self._flow_runner.prepared),
@@ -505,6 +508,14 @@ class S3GenStreamer:
         }
 
     # ---- reference: the whole utterance at once -----------------------------------------------------------
+
+    @torch.inference_mode()
+    def whole_mels(self, stream: S3GenStream, tokens: torch.Tensor) -> torch.Tensor:
+        """The flow's mels (80, 2 * len(tokens)) for every token in one call, not vocoded; the stream is not
+        advanced (for measuring precision and step-count effects)."""
+        call = self._plan(stream, tokens, True, left_context=0)
+        self._run_flow([call])
+        return call.mels
 
     def decode_whole(self, stream: S3GenStream, tokens: torch.Tensor) -> np.ndarray:
         """Every token in one call (no left-context bound), for comparing with the streamed decode."""
@@ -589,6 +600,18 @@ class StreamingQuality:
     def edge_jump_ratio(self) -> float:
         return self.edge_jump / max(self.inside_jump, 1e-12)
 
+    @classmethod
+    def compare(cls, parts: list[np.ndarray], whole: np.ndarray, streamed_seconds: float = 0.0,
+                whole_seconds: float = 0.0) -> "StreamingQuality":
+        """Quality of the streamed chunks `parts` against the whole-utterance decode `whole`."""
+        streamed = np.concatenate(parts)
+        jumps = np.abs(np.diff(streamed))
+        at_edge = np.zeros(len(jumps), dtype=bool)
+        for edge in np.cumsum([len(p) for p in parts[:-1]]):
+            at_edge[max(0, edge - 2):edge + 1] = True
+        return cls(snr_db(whole, streamed), float(jumps[at_edge].max(initial=0.0)), float(jumps[~at_edge].max()),
+                   len(streamed), len(whole), len(parts), streamed_seconds, whole_seconds)
+
 
 def stream_chunks(streamer: S3GenStreamer, stream: S3GenStream, tokens: torch.Tensor, first: int,
                   chunk: int) -> list[np.ndarray]:
@@ -615,13 +638,4 @@ def streaming_quality(streamer: S3GenStreamer, ref: dict, tokens: torch.Tensor, 
     streamed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     whole = streamer.decode_whole(streamer.open(ref, seed=seed), tokens)
-    whole_seconds = time.perf_counter() - started
-    streamed = np.concatenate(parts)
-    jumps = np.abs(np.diff(streamed))
-    edges = np.cumsum([len(p) for p in parts[:-1]])
-    at_edge = np.zeros(len(jumps), dtype=bool)
-    for edge in edges:
-        at_edge[max(0, edge - 2):edge + 1] = True
-    return StreamingQuality(snr_db(whole, streamed), float(jumps[at_edge].max(initial=0.0)),
-                            float(jumps[~at_edge].max()), len(streamed), len(whole), len(parts),
-                            streamed_seconds, whole_seconds)
+    return StreamingQuality.compare(parts, whole, streamed_seconds, time.perf_counter() - started)

@@ -1,0 +1,280 @@
+"""Streaming S3Gen cost and quality: real-time factor single-stream and batched, per execution mode, plus a
+left-context x CFM-steps sweep.
+
+Each measurement streams `--tokens` random speech tokens per stream the way the engine does (first
+`--first` tokens + the 3 lookahead tokens, then `--chunk` at a time, then a final flush). With several streams
+all of them advance together and every chunk is one `decode_many` call; streams alternate between the
+checkpoint's voice and a second voice with a shorter prompt, so batches mix prompt lengths (padded and masked
+on CUDA). RTF = wall seconds / audio seconds, summed over streams (`rtf`); `stream_rtf` = wall seconds / one
+stream's audio seconds (each stream is real-time while it stays below 1).
+
+Modes are `execution:dtype`: `eager`, `graphs` (CUDA graphs captured by `warmup()`, CUDA only) or `compile`
+(torch.compile `--compile-mode` on the prepared shapes); the dtype is the flow estimator's (the encoder and
+the vocoder stay float32). Quality per mode: streamed vs whole-utterance decode (SNR, edge-jump ratio) and,
+for reduced precision, mel error and PCM SNR against float32. The sweep streams one utterance per
+(left_context, cfm_steps) and reports its cost, its SNR against the whole decode with the same steps
+(chunking error) and against the whole 10-step decode (chunking + step error).
+
+`--random tiny|full` builds S3Gen with random weights (same compute as a checkpoint of that size) and uses
+the bundled reference recording as voice, so no checkpoint is needed.
+
+    CPU smoke: .venv/bin/python bench/s3gen_bench.py --random tiny --device cpu --streams 1,4 --tokens 60
+    GPU:       .venv/bin/python bench/s3gen_bench.py --random full --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from app.engine.chatterbox.s3gen_stream import (  # noqa: E402
+    VOCODER_STEP, WINDOW_STEP, S3GenStreamer, StreamingQuality, snr_db, stream_chunks, streaming_quality)
+
+SPEECH_VOCAB = 6561
+TOKEN_RATE = 25  # speech tokens per second of audio
+EXECUTIONS = ("eager", "graphs", "compile")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint directory (official layout)")
+    source.add_argument("--random", choices=("tiny", "full"), help="random weights of this size, bundled voice")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--streams", default="1,8,32", help="comma-separated stream counts")
+    parser.add_argument("--tokens", type=int, default=200, help="speech tokens per stream (25 per second)")
+    parser.add_argument("--first", type=int, default=10, help="tokens in the first chunk (engine default)")
+    parser.add_argument("--chunk", type=int, default=40, help="tokens in later chunks (engine default)")
+    parser.add_argument("--cfm-steps", type=int, default=10)
+    parser.add_argument("--left-context", type=int, default=50)
+    parser.add_argument("--modes", default=None, help="comma-separated execution:dtype; default: eager:float32 "
+                        "on CPU, eager and graphs at float32 and bfloat16 on CUDA")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode of `compile` modes (captured in our own CUDA graphs)")
+    parser.add_argument("--sweep-left-context", default="0,20,50,100", help="empty: no sweep")
+    parser.add_argument("--sweep-cfm-steps", default="10,6,4")
+    parser.add_argument("--sweep-mode", default=None, help="execution:dtype of the sweep; default: first mode")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per RTF row; the fastest is kept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="default: var/bench/s3gen-<device>.json")
+    return parser.parse_args()
+
+
+def integers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+# ---- model and voices -----------------------------------------------------------------------------------------
+
+
+def load(args: argparse.Namespace):
+    """(s3gen, voice, description) on the device, float32, eval."""
+    if args.checkpoint:
+        from app.engine.chatterbox.loader import load_models
+
+        models = load_models(args.checkpoint, device=args.device)
+        return models.s3gen, models.conds.gen, f"checkpoint {args.checkpoint} ({models.size})"
+    import soundfile as sf
+
+    from app.engine.chatterbox.arch import build_s3gen
+    from app.engine.chatterbox.checkpoint import REFERENCE_WAV
+
+    torch.manual_seed(args.seed)
+    s3gen = build_s3gen(args.random).to(args.device).eval()
+    wav, rate = sf.read(str(REFERENCE_WAV), dtype="float32")
+    with torch.inference_mode():
+        voice = s3gen.embed_ref(torch.from_numpy(wav[: 10 * rate]), rate, device=args.device)
+    return s3gen, voice, f"random weights ({args.random})"
+
+
+def shorter_voice(voice: dict, tokens: int = 37) -> dict:
+    """The same voice with a prompt `tokens` shorter (different window lengths in one batch)."""
+    return {"prompt_token": voice["prompt_token"][:, :-tokens], "prompt_feat": voice["prompt_feat"][:, :-2 * tokens],
+            "embedding": voice["embedding"]}
+
+
+# ---- streamers ------------------------------------------------------------------------------------------------
+
+
+def make_streamer(s3gen, mode: str, args: argparse.Namespace, max_batch: int, prompt_tokens: list[int],
+                  left_context: int | None = None, cfm_steps: int | None = None) -> tuple[S3GenStreamer, dict]:
+    """A streamer for `mode`, warmed up on the shapes this benchmark produces, and its warm-up report."""
+    execution, dtype = mode.split(":")
+    left_context = args.left_context if left_context is None else left_context
+    streamer = S3GenStreamer(s3gen, cfm_steps=cfm_steps or args.cfm_steps, left_context=left_context,
+                             dtype=dtype, max_batch=max_batch, cuda_graphs=execution != "eager",
+                             compile_mode=args.compile_mode if execution == "compile" else None)
+    lookahead = streamer.lookahead
+    longest_new = max(args.first, args.chunk) + lookahead
+    context = left_context if left_context > 0 else args.tokens
+    windows = range(min(prompt_tokens) + args.first, max(prompt_tokens) + context + longest_new + WINDOW_STEP,
+                    WINDOW_STEP)
+    frames = [2 * args.first] + list(range(VOCODER_STEP, 2 * longest_new + 8 + 2 * VOCODER_STEP, VOCODER_STEP))
+    warm = streamer.warmup(batch_sizes=integers(args.streams) + [1], window_tokens=windows, vocoder_frames=frames)
+    return streamer, warm
+
+
+def random_tokens(count: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, SPEECH_VOCAB, (count,), generator=torch.Generator().manual_seed(seed))
+
+
+def stream_together(streamer: S3GenStreamer, voices: list[dict], tokens: list[torch.Tensor], first: int,
+                    chunk: int) -> dict:
+    """Every stream advances chunk by chunk; each chunk of all streams is one decode_many call."""
+    streams = [streamer.open(voices[i % len(voices)], seed=i) for i in range(len(tokens))]
+    total, latencies, samples = len(tokens[0]), [], 0
+    counts = list(range(first + streamer.lookahead, total, chunk)) + [total]
+    started = time.perf_counter()
+    for count in counts:
+        final = count == total
+        chunk_started = time.perf_counter()
+        pcms = streamer.decode_many([(s, t[:count], final) for s, t in zip(streams, tokens)])
+        latencies.append(time.perf_counter() - chunk_started)
+        samples += sum(len(p) for p in pcms)
+    wall = time.perf_counter() - started
+    audio = samples / 24_000
+    return {"wall_s": round(wall, 4), "audio_s": round(audio, 3), "rtf": round(wall / audio, 4),
+            "stream_rtf": round(wall / (audio / len(tokens)), 4),
+            "chunk_ms_mean": round(1000 * float(np.mean(latencies)), 2),
+            "chunk_ms_max": round(1000 * float(np.max(latencies)), 2), "chunks": len(counts)}
+
+
+# ---- measurements ---------------------------------------------------------------------------------------------
+
+
+def measure_rtf(s3gen, voices, mode, args, rows: list) -> S3GenStreamer:
+    streams = integers(args.streams)
+    streamer, warm = make_streamer(s3gen, mode, args, max(streams), [v["prompt_token"].shape[1] for v in voices])
+    for count in streams:
+        tokens = [random_tokens(args.tokens, args.seed + i) for i in range(count)]
+        stream_together(streamer, voices, [t[: args.first + 2 * streamer.lookahead] for t in tokens], args.first,
+                        args.chunk)  # the eager path's first-call costs (allocator, kernels) stay out of the timing
+        result = min((stream_together(streamer, voices, tokens, args.first, args.chunk)
+                      for _ in range(args.repeats)), key=lambda r: r["wall_s"])
+        status = streamer.status()
+        row = {"table": "rtf", "mode": mode, "streams": count, **result,
+               "warmup_s": warm["seconds"], "prepared_flow_shapes": status["prepared_flow_shapes"],
+               "prepared_vocoder_shapes": status["prepared_vocoder_shapes"],
+               "fallback_reason": status["fallback_reason"]}
+        rows.append(row)
+        print_row(row)
+    return streamer
+
+
+def measure_quality(streamer: S3GenStreamer, reference: S3GenStreamer | None, voice: dict, mode: str,
+                    args: argparse.Namespace, rows: list) -> None:
+    tokens = random_tokens(args.tokens, args.seed)
+    quality = streaming_quality(streamer, voice, tokens, first=args.first, chunk=args.chunk, seed=args.seed)
+    row = {"table": "quality", "mode": mode, "snr_db": round(quality.snr_db, 2),
+           "edge_jump_ratio": round(quality.edge_jump_ratio, 3), "chunks": quality.chunks}
+    if reference is not None and reference is not streamer:
+        mels = streamer.whole_mels(streamer.open(voice, seed=args.seed), tokens)
+        reference_mels = reference.whole_mels(reference.open(voice, seed=args.seed), tokens)
+        row["mel_rel_error_vs_fp32"] = round(float((mels - reference_mels).norm() / reference_mels.norm()), 5)
+        whole = streamer.decode_whole(streamer.open(voice, seed=args.seed), tokens)
+        reference_whole = reference.decode_whole(reference.open(voice, seed=args.seed), tokens)
+        row["pcm_snr_vs_fp32_db"] = round(snr_db(reference_whole, whole), 2)
+    rows.append(row)
+    print_row(row)
+
+
+def sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -> None:
+    contexts, steps = integers(args.sweep_left_context), integers(args.sweep_cfm_steps)
+    if not contexts or not steps:
+        return
+    tokens = random_tokens(args.tokens, args.seed)
+    prompt = [voice["prompt_token"].shape[1]]
+    whole = {}
+    for n_steps in sorted(set(steps) | {10}, reverse=True):
+        # left_context=0 prepares every window up to the whole utterance; each row then sets its own bound
+        streamer, _ = make_streamer(s3gen, mode, args, 1, prompt, left_context=0, cfm_steps=n_steps)
+        whole[n_steps] = streamer.decode_whole(streamer.open(voice, seed=args.seed), tokens)
+        if n_steps not in steps:
+            continue
+        for context in contexts:
+            streamer.left_context = context
+            stream_chunks(streamer, streamer.open(voice, seed=args.seed + 1), tokens[: args.first + 6], args.first,
+                          args.chunk)  # warm
+            started = time.perf_counter()
+            parts = stream_chunks(streamer, streamer.open(voice, seed=args.seed), tokens, args.first, args.chunk)
+            wall = time.perf_counter() - started
+            quality = StreamingQuality.compare(parts, whole[n_steps], wall)
+            row = {"table": "sweep", "mode": mode, "left_context": context, "cfm_steps": n_steps,
+                   "stream_rtf": round(wall / (quality.samples_streamed / 24_000), 4),
+                   "snr_vs_whole_same_steps_db": round(quality.snr_db, 2),
+                   "snr_vs_whole_10_steps_db": round(snr_db(whole[10], np.concatenate(parts)), 2),
+                   "edge_jump_ratio": round(quality.edge_jump_ratio, 3)}
+            rows.append(row)
+            print_row(row)
+
+
+# ---- output ---------------------------------------------------------------------------------------------------
+
+
+COLUMNS = {
+    "rtf": ["mode", "streams", "rtf", "stream_rtf", "chunk_ms_mean", "chunk_ms_max", "audio_s", "wall_s",
+            "warmup_s", "fallback_reason"],
+    "quality": ["mode", "snr_db", "edge_jump_ratio", "mel_rel_error_vs_fp32", "pcm_snr_vs_fp32_db"],
+    "sweep": ["mode", "left_context", "cfm_steps", "stream_rtf", "snr_vs_whole_same_steps_db",
+              "snr_vs_whole_10_steps_db", "edge_jump_ratio"],
+}
+_printed: set[str] = set()
+
+
+def print_row(row: dict) -> None:
+    columns = COLUMNS[row["table"]]
+    if row["table"] not in _printed:
+        _printed.add(row["table"])
+        print(f"\n[{row['table']}]\n" + "  ".join(f"{c:>14}" for c in columns))
+    print("  ".join(f"{str(row.get(c, '')):>14}" for c in columns), flush=True)
+
+
+def default_modes(device: str) -> list[str]:
+    if device == "cpu":
+        return ["eager:float32"]
+    return ["eager:float32", "eager:bfloat16", "graphs:float32", "graphs:bfloat16"]
+
+
+def main() -> None:
+    args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    modes = args.modes.split(",") if args.modes else default_modes(args.device)
+    for mode in modes:
+        execution, _, dtype = mode.partition(":")
+        if execution not in EXECUTIONS or dtype not in ("float32", "bfloat16", "float16"):
+            sys.exit(f"bad mode {mode!r}: expected execution:dtype with execution in {EXECUTIONS}")
+    s3gen, voice, description = load(args)
+    voices = [voice, shorter_voice(voice)]
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    config = {"model": description, "device": device_name, "tokens": args.tokens, "first": args.first,
+              "chunk": args.chunk, "cfm_steps": args.cfm_steps, "left_context": args.left_context,
+              "streams": integers(args.streams), "modes": modes, "torch": torch.__version__,
+              "prompt_tokens": [v["prompt_token"].shape[1] for v in voices]}
+    print(json.dumps(config))
+    rows: list[dict] = []
+    streamers = {}
+    for mode in modes:
+        streamers[mode] = measure_rtf(s3gen, voices, mode, args, rows)
+    fp32 = next((s for m, s in streamers.items() if m.endswith(":float32")), None)
+    for mode, streamer in streamers.items():
+        measure_quality(streamer, fp32, voice, mode, args, rows)
+    sweep(s3gen, voice, args.sweep_mode or modes[0], args, rows)
+    path = args.json or Path("var/bench") / f"s3gen-{args.device}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": config, "rows": rows}, indent=1))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
