@@ -48,6 +48,9 @@ class Settings:
     first_audio_tokens: int = _opt(10, "Speech tokens in a request's first S3Gen chunk (0.4 s of audio).")
     audio_chunk_tokens: int = _opt(40, "Speech tokens in later S3Gen chunks.")
     watermark: bool = _opt(False, "Apply Resemble's Perth watermark to each streamed chunk.")
+    synthetic_tokens_per_char: float = _opt(0.0, "Load tests on random-weight checkpoints only: end every chunk "
+                                                 "after len(text) x this many speech tokens (random weights never "
+                                                 "emit the stop token; real speech runs about 1.7). 0 = off.")
 
     # streaming protocol
     chunk_size: int = _opt(50, "Default text-chunk budget in tokens (25-200), overridable per connection.")

@@ -11,7 +11,9 @@ Conditionals travel with each request; nothing voice-specific is stored on share
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -37,12 +39,14 @@ class ChatterboxEngine(Engine):
     def __init__(self, models: ChatterboxModels, device: str = "cpu", dtype: str = "float32",
                  max_batch: int = 64, cfm_steps: int = 10, left_context: int = 50,
                  first_audio_tokens: int = 10, audio_chunk_tokens: int = 40, max_new_tokens: int = 1000,
-                 enable_optimizations: bool = True, compile_mode: str | None = None, watermark: bool = False):
+                 enable_optimizations: bool = True, compile_mode: str | None = None, watermark: bool = False,
+                 synthetic_tokens_per_char: float = 0.0):
         self.models = models
         self.device = device
         self.first_audio_tokens = first_audio_tokens
         self.audio_chunk_tokens = audio_chunk_tokens
         self.max_new_tokens = max_new_tokens
+        self.synthetic_tokens_per_char = synthetic_tokens_per_char
         self.enable_optimizations = enable_optimizations and device.startswith("cuda")
         self.decoder = T3Decoder(models.t3, max_batch=max_batch, device=device, dtype=getattr(torch, dtype),
                                  enable_cuda_graphs=self.enable_optimizations,
@@ -53,7 +57,7 @@ class ChatterboxEngine(Engine):
         self.sync_every = 8 if device.startswith("cuda") else 1
         self._unsynced_steps: list[tuple[list[Sequence], torch.Tensor]] = []
         self.watermarker = _make_watermarker() if watermark else None
-        self.warmup_seconds: float | None = None
+        self.compile_seconds: float | None = None
         self.info = EngineInfo(name="chatterbox", device=device, dtype=dtype,
                                details={"checkpoint": str(models.directory), "size": models.size})
 
@@ -65,11 +69,15 @@ class ChatterboxEngine(Engine):
                    cfm_steps=settings.cfm_steps, left_context=settings.s3gen_left_context,
                    first_audio_tokens=settings.first_audio_tokens, audio_chunk_tokens=settings.audio_chunk_tokens,
                    max_new_tokens=settings.max_new_tokens, enable_optimizations=settings.enable_optimizations,
-                   compile_mode=settings.compile_mode, watermark=settings.watermark)
+                   compile_mode=settings.compile_mode, watermark=settings.watermark,
+                   synthetic_tokens_per_char=settings.synthetic_tokens_per_char)
 
     # ---- Engine contract ----------------------------------------------------------------------------------
 
     def add_request(self, request: EngineRequest) -> None:
+        if self.synthetic_tokens_per_char > 0 and request.settings.fixed_tokens is None:
+            length = max(1, math.ceil(len(request.text) * self.synthetic_tokens_per_char))
+            request.settings = dataclasses.replace(request.settings, fixed_tokens=min(length, 4000))
         sequence = Sequence(request)
         sequence.next_audio_at = self.first_audio_tokens + self.s3gen.lookahead
         self.scheduler.add(sequence)
@@ -205,7 +213,7 @@ class ChatterboxEngine(Engine):
         started = time.perf_counter()
         self.decoder.warmup()
         self._warm_s3gen()
-        self.warmup_seconds = time.perf_counter() - started
+        self.compile_seconds = time.perf_counter() - started
 
     def _warm_s3gen(self) -> None:
         stream = self.s3gen.open(self.default_voice().gen, seed=0)
@@ -213,7 +221,7 @@ class ChatterboxEngine(Engine):
         self.s3gen.decode(stream, tokens, finalize=False)
 
     def optimization_status(self) -> dict[str, Any]:
-        return {**self.info.as_dict(), "t3": self.decoder.status(), "warmup_seconds": self.warmup_seconds,
+        return {**self.info.as_dict(), "t3": self.decoder.status(), "compile_seconds": self.compile_seconds,
                 "s3gen": {"cfm_steps": self.s3gen.cfm_steps, "left_context_tokens": self.s3gen.left_context,
                           "vocoder_overlap_frames": self.s3gen.vocoder_overlap},
                 "first_audio_tokens": self.first_audio_tokens, "audio_chunk_tokens": self.audio_chunk_tokens,

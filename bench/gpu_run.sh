@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Everything a GPU lease measures, in one call (the device tool's machine: Python 3.12 with torch 2.11,
+# no network). Carry the wheels from ../shared/offline-wheels.sh as .whl. Each step has its own time limit and
+# a failing step does not stop the others. Results go to $OUT/results.tar.gz, the log to $OUT/run.log.
+#
+#   device run:  bash bench/gpu_run.sh        (carry: [".whl"], timeout_s: 590)
+#   any CUDA host with the project installed:  OUT=var/gpu-run bash bench/gpu_run.sh
+set -u
+OUT=${OUT:-var/gpu-run}
+RES=/tmp/results
+mkdir -p "$OUT" "$RES"
+exec > >(tee "$OUT/run.log") 2>&1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "wheel install failed"; exit 1; }
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTHONWARNINGS=ignore
+CKPT=/tmp/ckpt-full
+START=$(date +%s)
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its log, never abort the script
+    local name=$1 limit=$2; shift 2
+    echo "=== $name (limit ${limit}s, t=$(( $(date +%s) - START ))s)"
+    timeout "$limit" "$@" > "$RES/$name.log" 2>&1
+    echo "=== $name exit $? (t=$(( $(date +%s) - START ))s)"
+    grep -v -i "warn\|deprecat" "$RES/$name.log" | tail -n "${TAIL:-25}"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RES/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+
+step checkpoint 200 python3 -m app.cli make-checkpoint --size full "$CKPT"
+step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider --noconftest -m gpu -x tests/engine/test_t3_decoder.py tests/engine/test_s3gen_streaming.py
+step t3_bench 120 python3 bench/t3_decode_bench.py --modes eager,graphs,upstream --tokens 96 --json "$RES/t3_bench.jsonl"
+step s3gen_bench 100 python3 bench/s3gen_bench.py --checkpoint "$CKPT" --device cuda --json "$RES/s3gen_bench.json"
+TAIL=40 step e2e 200 python3 bench/benchmark.py --checkpoint "$CKPT" --device cuda --streams 1,8,32,64 --tokens 200 \
+    --repeats 1 --out "$RES/benchmark.json"
+
+# The server under load: LLM-paced sessions over real WebSockets, ramped until the service level breaks.
+python3 -m app.cli serve --engine chatterbox --checkpoint "$CKPT" --port 8000 --voices-dir /tmp/voices \
+    > "$RES/server.log" 2>&1 &
+SERVER=$!
+TAIL=30 step load 170 python3 -m load.loadtest --url ws://127.0.0.1:8000/v1/stream --sessions 1,4,16,32,64 \
+    --replies 1 --ready-timeout 120 --out "$RES/load"
+kill -TERM $SERVER 2>/dev/null; sleep 3; kill -9 $SERVER 2>/dev/null
+grep -v -i "warn\|deprecat" "$RES/server.log" | tail -n 15
+
+tar -czf "$OUT/results.tar.gz" -C "$RES" .
+echo "=== done in $(( $(date +%s) - START ))s"
