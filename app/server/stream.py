@@ -310,11 +310,6 @@ class StreamContext:
     def outbox(self) -> Outbox:
         return self.connection.outbox
 
-    @property
-    def busy(self) -> bool:
-        """Text released to synthesis whose audio has not all been sent yet."""
-        return bool(self.jobs) or bool(self._waiting)
-
     # ---- client messages ------------------------------------------------------------------------------------
 
     def touch(self) -> None:
@@ -674,9 +669,10 @@ class Connection:
     async def _watchdog(self) -> None:
         """Every tick: drop contexts whose client reads slower than real time, then the protocol's idle rule."""
         settings = self.services.settings
-        tick = max(0.01, min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, self.idle_timeout_s / 4))
         while True:
-            await asyncio.sleep(tick)
+            # The idle limit may come with the protocol's handshake, so the tick is worked out every time.
+            tick = min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, self.idle_timeout_s / 4)
+            await asyncio.sleep(max(0.01, tick))
             now = time.monotonic()
             for context in list(self.contexts.values()):
                 if context.reader_lag_s(now) > settings.send_buffer_s:

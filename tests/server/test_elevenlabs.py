@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import re
 import shutil
@@ -19,6 +20,7 @@ from urllib.parse import urlencode
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -108,9 +110,9 @@ async def open_socket(server: RunningServer, kind: str = "stream-input", voice: 
         yield Socket(ws)
 
 
-async def speak(server: RunningServer, text: str, **query: Any) -> Socket:
+async def speak(server: RunningServer, text: str, voice: str = "default", **query: Any) -> Socket:
     """One whole reply on a single-stream socket: init, the text, end of input; read until the close."""
-    async with open_socket(server, **query) as socket:
+    async with open_socket(server, voice=voice, **query) as socket:
         await socket.send(text=" ")
         await socket.send(text=text + " ")
         await socket.send(text="")
@@ -242,6 +244,18 @@ def test_voice_settings_map_to_generation_settings():
     assert generation_settings({"stability": 0.0}, None, base).temperature == pytest.approx(1.2)
     with pytest.raises(ElevenLabsError):
         generation_settings({"speed": 2.0}, None, base)
+
+
+async def test_their_voice_id_names_the_library_voice_uploaded_under_it_in_lower_case(server_factory):
+    server = server_factory(engine=ToneEngine())
+    tone = 0.3 * np.sin(2 * np.pi * 180 * np.arange(2 * 24000) / 24000)
+    wav = io.BytesIO()
+    sf.write(wav, tone, 24000, format="WAV")
+    uploaded = server.post("/v1/voices", data={"name": "21m00tcm4tlvdq8ikwam"},
+                           files={"file": ("voice.wav", wav.getvalue(), "audio/wav")})
+    assert uploaded.status_code == 201, uploaded.text
+    socket = await speak(server, "Hello there.", voice="21m00Tcm4TlvDq8ikWAM", output_format="pcm_24000")
+    assert socket.audio()
 
 
 # ---- multi-context ------------------------------------------------------------------------------------------
