@@ -115,7 +115,7 @@ class S3GenStream:
     mel_history: torch.Tensor | None = None  # (80, <= vocoder_overlap + VOCODER_STEP) last produced frames
     source_history: torch.Tensor | None = None  # (480 per frame,) vocoder excitation over those frames
     held_frames: int = 0  # frames at the end of mel_history whose audio is held back in speech_tail
-    speech_tail: torch.Tensor | None = None  # held-back samples, crossfaded with the next chunk
+    speech_tail: torch.Tensor | None = None  # held-back samples (CPU), crossfaded with the next chunk
     samples_emitted: int = 0
 
 
@@ -163,6 +163,7 @@ class S3GenStreamer:
         self.inductor_mode = compute.INDUCTOR_MODES.get(compile_mode, compile_mode)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.hift.stft_window = self.hift.stft_window.to(device)  # upstream moves it on every call otherwise
+        self._trim_fade = s3gen.trim_fade.cpu()
         self.voices = VoiceCache(self._voice_tensors)
         self._t_span = compute.cfm_time_span(cfm_steps, self.flow.decoder.t_scheduler, device)
         self._fallback_reason: str | None = None
@@ -312,13 +313,14 @@ class S3GenStreamer:
             source_states.append(state)
         source = torch.stack(sources + [sources[0]] * (rows - len(group)))[:, None]
         magnitude, phase = self._run("vocoder", self._spectrum_runner, mels, source)
-        speech = compute.vocoder_waveform(self.hift, magnitude, phase)
+        speech = compute.vocoder_waveform(self.hift, magnitude, phase).cpu()  # one copy; the rest is light work
         return [self._emit(call, window, context, source[i, 0], speech[i], state)
                 for i, ((call, (window, context)), state) in enumerate(zip(group, source_states))]
 
     def _emit(self, call: _Call, window: torch.Tensor, context: int, source: torch.Tensor, speech: torch.Tensor,
               source_state: tuple):
-        """Set `call.pcm` (crossfaded, start-faded, held-back tail removed); return the state update."""
+        """Set `call.pcm` from `speech` (on the CPU: crossfaded, start-faded, held-back tail removed); return
+        the state update."""
         stream = call.stream
         speech = speech[(context - stream.held_frames) * SAMPLES_PER_MEL:]  # the held-back frames and the new
         if stream.speech_tail is not None:
@@ -326,7 +328,7 @@ class S3GenStreamer:
         keep = 0 if call.finalize else min(self.vocoder_overlap, stream.held_frames + window.shape[1] - context)
         tail = speech[len(speech) - keep * SAMPLES_PER_MEL:] if keep else None
         speech = speech[: len(speech) - keep * SAMPLES_PER_MEL]
-        call.pcm = self._fade_utterance_start(stream.samples_emitted, speech).float().cpu().numpy()
+        call.pcm = self._fade_utterance_start(stream.samples_emitted, speech).numpy()
         history_frames = self.vocoder_overlap + VOCODER_STEP
 
         def commit() -> None:
@@ -353,7 +355,7 @@ class S3GenStreamer:
 
     def _fade_utterance_start(self, emitted: int, speech: torch.Tensor) -> torch.Tensor:
         """Upstream's ad-hoc start fade (20 ms silence + 20 ms ramp against prompt spill-over), applied once."""
-        fade = self.s3gen.trim_fade
+        fade = self._trim_fade
         if emitted >= len(fade) or len(speech) == 0:
             return speech
         n = min(len(fade) - emitted, len(speech))
