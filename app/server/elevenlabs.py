@@ -29,8 +29,10 @@ from app.engine.types import EngineError, GenerationSettings
 from app.server import protocol as p
 from app.server.auth import key_accepted, presented_keys
 from app.server.runtime import GOING_AWAY
-from app.server.stream import (INTERNAL_ERROR, NORMAL_CLOSURE, SPEECH_CHARS_PER_SECOND, AudioEncoder,
-                               Connection, Framing, Payload, Services, StatsSource, StreamContext)
+from app.server.pipeline import SPEECH_CHARS_PER_SECOND
+from app.server.services import Services
+from app.server.stream import (INTERNAL_ERROR, NORMAL_CLOSURE, AudioEncoder, Connection, Framing, Payload,
+                               StatsSource, StreamContext)
 from app.text.chunker import TextChunk
 
 SINGLE_PATH = "/v1/text-to-speech/{voice_id}/stream-input"

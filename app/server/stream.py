@@ -5,9 +5,9 @@ Per connection (`Connection`, whatever the protocol): admission, a receive loop,
 task (the only writer to the socket, so a slow reader blocks nobody but itself), and a watchdog (slow readers,
 idleness). `StreamConnection` speaks /v1/stream on top of it.
 
-Per context (`StreamContext`): text -> `AdaptiveChunker` -> one engine request per chunk, submitted as soon as
-the chunk exists (chunks of a context may synthesize concurrently) -> an emitter task that encodes each chunk's
-audio strictly in chunk order into the outbox. What goes on the wire for each of its events (audio, chunk
+Per context (`StreamContext`): text -> `AdaptiveChunker` -> a `ChunkPipeline` (app/server/pipeline.py: one
+engine request per chunk, submitted as soon as the chunk exists, so chunks of a context may synthesize
+concurrently) -> an emitter task that encodes each chunk's audio strictly in chunk order into the outbox. What goes on the wire for each of its events (audio, chunk
 started/done, flushed, done, cancelled, error) is its `Framing`'s business, so the pipeline is the same for
 every protocol. Timing stats are taken when frames are actually handed to the socket.
 """
@@ -28,51 +28,26 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from app.audio.encode import SAMPLE_RATES, STREAM_ENCODINGS, StreamEncoder
-from app.engine.types import EngineError, EngineRequest, GenerationSettings
-from app.engine.worker import EngineWorker, RequestHandle
-from app.metrics import Metrics
+from app.engine.types import EngineError
 from app.server import protocol as p
 from app.server.auth import accepted_subprotocol
-from app.server.runtime import GOING_AWAY, Runtime
+from app.server.pipeline import AudioPiece, ChunkDone, ChunkPipeline, Marker
+from app.server.runtime import GOING_AWAY
+from app.server.services import Services
 from app.server.stats import ChunkTimes, ContextTimes, PlaybackClock
-from app.settings import Settings
 from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
-from app.voices.library import VoiceError, VoiceLibrary
+from app.voices.library import VoiceError
 
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.1  # longest audio frame: fine-grained enough for prompt cancels and honest pacing stats
-SPEECH_CHARS_PER_SECOND = 15.0  # rough speaking rate, to estimate when not-yet-synthesized audio will play
 WATCHDOG_TICK_S = 0.25
 CLOSE_WAIT_S = 2.0  # how long a close waits for queued frames to reach a client that has stopped reading
 NORMAL_CLOSURE = 1000
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
-_FLUSH = "flush"
-_END = "end"
 StatsSource = Callable[[], dict[str, Any]]  # builds stats when called (they are final only once sent)
-
-
-@dataclass
-class Services:
-    """What a connection needs from the app (all of it lives on `app.state`)."""
-
-    settings: Settings
-    runtime: Runtime
-    worker: EngineWorker
-    engine_info: dict[str, Any]
-    sample_rate: int
-    voices: VoiceLibrary
-    metrics: Metrics
-    base_generation: GenerationSettings
-
-    @classmethod
-    def from_state(cls, state: Any) -> "Services":
-        return cls(settings=state.settings, runtime=state.runtime, worker=state.worker,
-                   engine_info=state.engine_info.as_dict(), sample_rate=state.engine_info.sample_rate,
-                   voices=state.voices, metrics=state.metrics,
-                   base_generation=GenerationSettings(max_new_tokens=state.settings.max_new_tokens))
 
 
 # ---- the send side ------------------------------------------------------------------------------------------
@@ -148,57 +123,6 @@ class Outbox:
             await self._ws.send_text(payload)
         if item.on_sent is not None:
             item.on_sent(time.monotonic())
-
-
-# ---- one chunk ----------------------------------------------------------------------------------------------
-
-class ChunkJob:
-    """One text chunk: its engine request and the PCM pieces received so far (in order, `None` at the end)."""
-
-    def __init__(self, chunk: TextChunk, times: ChunkTimes):
-        self.chunk = chunk
-        self.times = times
-        self.pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
-        self.error: EngineError | None = None
-        self.speech_tokens = 0
-        self.queued_s = 0.0  # audio seconds of this chunk put into the outbox
-        # The engine's final piece of audio, once it has arrived (it stays None when the request ended without
-        # audio in its final output): lets a framing know a chunk's last audio when it queues it.
-        self.last_piece: np.ndarray | None = None
-        self._handle: RequestHandle | None = None
-        self._reader: asyncio.Task | None = None
-
-    def start(self, handle: RequestHandle) -> None:
-        self._handle = handle
-        self._reader = asyncio.create_task(self._collect(handle))
-
-    def finish_empty(self) -> None:
-        """A chunk with nothing to speak (punctuation only): no request, no audio."""
-        self.times.last_synthesized = self.times.released
-        self.pieces.put_nowait(None)
-
-    def estimated_unqueued_s(self) -> float:
-        return max(0.0, len(self.chunk.speak_text) / SPEECH_CHARS_PER_SECOND - self.queued_s)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()  # frees the engine slot before the worker's next step
-        if self._reader is not None:
-            self._reader.cancel()
-
-    async def _collect(self, handle: RequestHandle) -> None:
-        try:
-            async for output in handle:
-                if output.pcm.size:
-                    if output.finished:
-                        self.last_piece = output.pcm
-                    self.pieces.put_nowait(output.pcm)
-                self.speech_tokens = max(self.speech_tokens, output.speech_tokens)
-        except EngineError as exc:
-            self.error = exc
-        finally:
-            self.times.last_synthesized = time.monotonic()
-            self.pieces.put_nowait(None)
 
 
 # ---- what a context puts on the wire ------------------------------------------------------------------------
@@ -285,7 +209,6 @@ class StreamContext:
         self.id = start.context_id
         self.serial = serial  # unique on the connection: names its engine requests
         self.start = start
-        self.voice = voice
         self.framing = framing
         self.chunker = AdaptiveChunker(ChunkerConfig(chunk_size=chunk_size))
         self.encoder = encoder
@@ -294,14 +217,14 @@ class StreamContext:
         self.frame_bytes = max(sample_bytes, frame_bytes - frame_bytes % sample_bytes)
         self.times = ContextTimes()
         self.clock = PlaybackClock()
-        self.jobs: list[ChunkJob] = []  # released chunks whose audio is not all queued yet
+        self.pipeline = ChunkPipeline(self.services, f"{connection.id}-{serial}", voice, start.generation,
+                                      start.priority)
         self._waiting: deque[tuple[float, float]] = deque()  # (queued at, seconds) of frames not yet sent
         self._waiting_s = 0.0
         self.last_activity = time.monotonic()  # a message for it, or its audio sent (protocols' idle rules)
         self.ended = False
         self.closed = False
         self.dropped = False  # aborted (cancel, failure, disconnect): queued audio was discarded
-        self._plan: asyncio.Queue[ChunkJob | str] = asyncio.Queue()  # chunks and flush/end markers, in order
         self._last_times: ChunkTimes | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._emitter = asyncio.create_task(self._emit())
@@ -338,7 +261,7 @@ class StreamContext:
         """`release_buffered`, then the encoder's held-back tail and the protocol's `flushed` once all of it
         has been queued."""
         self.release_buffered()
-        self._plan.put_nowait(_FLUSH)
+        self.pipeline.mark(Marker.FLUSH)
 
     def end(self, speak_buffered: bool = True) -> None:
         """No more text: speak the rest (or, with `speak_buffered=False`, only what was already released to
@@ -352,7 +275,7 @@ class StreamContext:
         else:
             self.chunker.clear()
             self._schedule_poll()
-        self._plan.put_nowait(_END)
+        self.pipeline.mark(Marker.END)
 
     def cancel(self) -> None:
         self.abort(self.framing.cancelled())
@@ -364,7 +287,7 @@ class StreamContext:
     # ---- chunks and engine requests -------------------------------------------------------------------------
 
     def unspoken_chars(self) -> int:
-        return self.chunker.pending_chars + sum(len(job.chunk.text) for job in self.jobs)
+        return self.chunker.pending_chars + sum(len(job.chunk.text) for job in self.pipeline.pending)
 
     def buffered_s(self, now: float) -> float:
         """Audio the listener has ahead of it: sent but not yet played, plus queued for sending."""
@@ -385,29 +308,11 @@ class StreamContext:
         self._schedule_poll()
 
     def _start_chunk(self, chunk: TextChunk, now: float) -> None:
-        times = ChunkTimes(first_text=chunk.first_text_at or now, released=now)
-        self.times.chunks.append(times)
+        job = self.pipeline.release(chunk, now, self.buffered_s(now))
+        self.times.chunks.append(job.times)
         if self.times.first_release is None:
             self.times.first_release = now
-        job = ChunkJob(chunk, times)
-        if chunk.speak_text.strip():
-            job.start(self.services.worker.submit(self._request(chunk, now)))
-        else:
-            job.finish_empty()
-        self.jobs.append(job)
         self.outbox.send(self.framing.chunk_started(chunk), owner=self)
-        self._plan.put_nowait(job)
-
-    def _request(self, chunk: TextChunk, now: float) -> EngineRequest:
-        return EngineRequest(
-            request_id=f"{self.connection.id}-{self.serial}-{chunk.index}", text=chunk.speak_text,
-            voice=self.voice, settings=self.start.generation, priority=self.start.priority,
-            deadline=self._deadline(now), first_in_context=len(self.times.chunks) == 1, arrival=now)
-
-    def _deadline(self, now: float) -> float:
-        """When the listener runs dry if this chunk has no audio by then: after the audio it has and the
-        estimated audio of earlier chunks still being synthesized."""
-        return now + self.buffered_s(now) + sum(job.estimated_unqueued_s() for job in self.jobs)
 
     def _schedule_poll(self) -> None:
         if self._timer is not None:
@@ -435,40 +340,32 @@ class StreamContext:
             self.fail("internal_error", f"internal error: {exc}")
 
     async def _emit_in_order(self) -> None:
-        while True:
-            item = await self._plan.get()
-            if item == _FLUSH:
-                self._queue_audio(self.encoder.flush(), self._last_times)
-                self.outbox.send(self.framing.flushed(), owner=self)
-            elif item == _END:
-                self._queue_audio(self.encoder.flush(), self._last_times)
-                # The context stays open (cancel still works) until `done` has reached the socket.
-                self.outbox.send(self.framing.done(lambda: self.times.as_stats(self.clock)), owner=self,
-                                 on_sent=lambda now: self._close())
-                return
-            elif not await self._emit_chunk(item):
-                return
+        try:
+            async for event in self.pipeline.ordered():
+                if isinstance(event, AudioPiece):
+                    job = event.job
+                    self._queue_audio(self.encoder.encode(event.pcm), job.times, job.chunk, event.ends_chunk)
+                elif isinstance(event, ChunkDone):
+                    job = event.job
+                    self._last_times = job.times
+                    self.outbox.send(self.framing.chunk_done(job.chunk, job.times.as_stats), owner=self)
+                elif event is Marker.FLUSH:
+                    self._queue_audio(self.encoder.flush(), self._last_times)
+                    self.outbox.send(self.framing.flushed(), owner=self)
+                else:  # Marker.END, the last event
+                    self._queue_audio(self.encoder.flush(), self._last_times)
+                    # The context stays open (cancel still works) until `done` has reached the socket.
+                    self.outbox.send(self.framing.done(lambda: self.times.as_stats(self.clock)), owner=self,
+                                     on_sent=lambda now: self._close())
+        except EngineError as exc:
+            self.fail("engine_error", exc.message)
 
-    async def _emit_chunk(self, job: ChunkJob) -> bool:
-        while (pcm := await job.pieces.get()) is not None:
-            self._queue_audio(self.encoder.encode(pcm), job.times, job, chunk_ends=pcm is job.last_piece)
-        if job.error is not None:
-            self.fail("engine_error", job.error.message)
-            return False
-        self.services.metrics.speech_tokens.inc(job.speech_tokens)
-        self.jobs.remove(job)
-        self._last_times = job.times
-        self.outbox.send(self.framing.chunk_done(job.chunk, job.times.as_stats), owner=self,
-                         on_sent=partial(self._on_chunk_sent, job))
-        return True
-
-    def _queue_audio(self, data: bytes, times: ChunkTimes | None, job: ChunkJob | None = None,
+    def _queue_audio(self, data: bytes, times: ChunkTimes | None, chunk: TextChunk | None = None,
                      chunk_ends: bool = False) -> None:
         """Split into frames of at most the framing's frame_seconds and queue them."""
         if not data or times is None:
             return
         now = time.monotonic()
-        chunk = None if job is None else job.chunk
         for start in range(0, len(data), self.frame_bytes):
             piece = data[start:start + self.frame_bytes]
             seconds = len(piece) / self.encoder.bytes_per_second
@@ -477,8 +374,6 @@ class StreamContext:
             last = chunk_ends and start + self.frame_bytes >= len(data)
             self.outbox.send(self.framing.audio(piece, seconds, chunk, last), owner=self,
                              on_sent=partial(self._on_audio_sent, times, seconds))
-            if job is not None:
-                job.queued_s += seconds
 
     def _on_audio_sent(self, times: ChunkTimes, seconds: float, now: float) -> None:
         if self.dropped:  # a frame that was already being written when the context was dropped
@@ -496,12 +391,6 @@ class StreamContext:
         if self.clock.on_frame(now, seconds, times.first_text):
             self.services.metrics.underruns.inc()
 
-    def _on_chunk_sent(self, job: ChunkJob, now: float) -> None:
-        """All audio of the chunk has reached the socket: its stats are final."""
-        rtf = job.times.as_stats()["rtf"]
-        if rtf is not None:
-            self.services.metrics.rtf.observe(rtf)
-
     # ---- endings --------------------------------------------------------------------------------------------
 
     def fail(self, code: str, message: str) -> None:
@@ -516,9 +405,7 @@ class StreamContext:
         if self.closed:
             return
         self.dropped = True
-        for job in self.jobs:
-            job.cancel()
-        self.jobs.clear()
+        self.pipeline.cancel()
         self.chunker.clear()
         self.outbox.purge(self)
         self._waiting.clear()

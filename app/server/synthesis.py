@@ -3,8 +3,9 @@
 The text goes through the same `AdaptiveChunker` as /v1/stream: a small first chunk (time to first audio),
 then whole sentences packed up to the chunk budget (the whole text is known, so nothing waits for a
 deadline). Every chunk is submitted to the engine worker at once, so a reply's chunks synthesize
-concurrently, batched with everything else the engine runs; their audio comes back strictly in chunk order as
-it is produced, and an `AudioBody` turns it into the response's bytes.
+concurrently, batched with everything else the engine runs (the `ChunkPipeline` of app/server/pipeline.py, which
+/v1/stream contexts use too); their audio comes back strictly in chunk order as it is produced, and an
+`AudioBody` turns it into the response's bytes.
 
 Seeded requests go through the response cache, keyed by the texts the engine speaks, the voice and its
 content hash, the settings, the body's format and any caller extras: a hit is served without touching the
@@ -25,9 +26,9 @@ import numpy as np
 
 from app.audio.encode import StreamEncoder, content_type, encode_file, streaming_wav_header
 from app.cache import ResponseCache, cache_key, is_cacheable
-from app.engine.types import SAMPLE_RATE, EngineRequest, GenerationSettings
-from app.server.stats import ChunkTimes
-from app.server.stream import ChunkJob, Services
+from app.engine.types import SAMPLE_RATE, EngineError, GenerationSettings
+from app.server.pipeline import AudioPiece, ChunkDone, ChunkPipeline, Marker
+from app.server.services import Services
 from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
 from app.voices.library import DEFAULT_VOICE_ID, VoiceError
 
@@ -201,7 +202,7 @@ class Speech:
     key: tuple | None  # None: not cacheable
     timings: SpeechTimings
     cache_status: str = "bypass"  # "hit" | "miss" | "bypass" (no seed, or the cache is off)
-    _jobs: list[ChunkJob] = field(default_factory=list)
+    _pipeline: ChunkPipeline | None = None
     _pending: list[bytes] = field(default_factory=list)
     _source: AsyncIterator[bytes] | None = None
     _drain_handle: _DrainHandle | None = None
@@ -252,18 +253,12 @@ class Speech:
 
     def _start(self) -> None:
         services = self.services
-        request_id = f"http-{uuid.uuid4().hex[:12]}"
+        self._pipeline = ChunkPipeline(services, f"http-{uuid.uuid4().hex[:12]}", self.conditionals,
+                                       self.request.settings, self.request.priority)
         now = time.monotonic()
         for chunk in self.chunks:
-            job = ChunkJob(chunk, ChunkTimes(first_text=self.timings.received, released=now))
-            engine_request = EngineRequest(
-                request_id=f"{request_id}-{chunk.index}", text=chunk.speak_text, voice=self.conditionals,
-                settings=self.request.settings, priority=self.request.priority,
-                # The listener needs this chunk once the audio of the chunks before it has played.
-                deadline=now + sum(earlier.estimated_unqueued_s() for earlier in self._jobs),
-                first_in_context=chunk.index == 0, arrival=now)
-            job.start(services.worker.submit(engine_request))
-            self._jobs.append(job)
+            self._pipeline.release(chunk, now)
+        self._pipeline.mark(Marker.END)
         self._drain_handle = _DrainHandle(self._close)
         services.runtime.connections.add(self._drain_handle)
         services.metrics.active_streams.inc()
@@ -278,17 +273,17 @@ class Speech:
             return data
 
         yield emit(self.audio.start())
-        for job in self._jobs:
-            samples = 0
-            while (pcm := await job.pieces.get()) is not None:
-                self._on_audio(pcm)
-                samples += pcm.size
-                yield emit(self.audio.encode(pcm))
-            if job.error is not None:
-                raise SpeechError(job.error.code, job.error.message, 500)
-            if self._closed:  # stopped by a drain: the audio is incomplete and must not look complete
-                raise SpeechError("shutting_down", "the server stopped this synthesis while shutting down", 503)
-            self._on_chunk_done(job, samples / self.timings.sample_rate)
+        try:
+            async for event in self._pipeline.ordered():
+                if isinstance(event, AudioPiece):
+                    self._on_audio(event.pcm)
+                    yield emit(self.audio.encode(event.pcm))
+                elif isinstance(event, ChunkDone):
+                    self.timings.speech_tokens += event.job.speech_tokens
+        except EngineError as exc:
+            raise SpeechError(exc.code, exc.message, 500) from None
+        if self._closed:  # stopped by a drain: the audio is incomplete and must not look complete
+            raise SpeechError("shutting_down", "the server stopped this synthesis while shutting down", 503)
         self.timings.finished = time.monotonic()
         # A whole file is encoded (and maybe stretched) here: off the event loop, which serves every stream.
         yield emit(self.audio.finish() if self.audio.progressive else await asyncio.to_thread(self.audio.finish))
@@ -304,20 +299,12 @@ class Speech:
                 self.services.metrics.ttfa.observe(timings.first_audio - timings.received)
         timings.audio_samples += pcm.size
 
-    def _on_chunk_done(self, job: ChunkJob, audio_s: float) -> None:
-        metrics = self.services.metrics
-        self.timings.speech_tokens += job.speech_tokens
-        metrics.speech_tokens.inc(job.speech_tokens)
-        synthesis_s = job.times.synthesis_s
-        if synthesis_s is not None and audio_s > 0:
-            metrics.rtf.observe(synthesis_s / audio_s)
-
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for job in self._jobs:
-            job.cancel()  # a no-op for finished requests; frees the engine slot of running ones
+        if self._pipeline is not None:
+            self._pipeline.cancel()
         if self._drain_handle is not None:
             self.services.runtime.connections.discard(self._drain_handle)
             self.services.metrics.active_streams.dec()

@@ -1,0 +1,184 @@
+"""One reply's text chunks through the engine and back in order: the part /v1/stream contexts (and the
+protocols built on them) share with whole-text HTTP synthesis.
+
+Each released chunk becomes one engine request, submitted at once, so a reply's chunks may synthesize
+concurrently, batched with everything else the engine runs. `ordered()` hands their audio back strictly in
+chunk order, with the caller's markers (flush, end) in place between chunks. The pipeline also keeps the
+per-chunk metrics: speech tokens, and the real-time factor (synthesis wall time / engine audio seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, AsyncIterator
+
+import numpy as np
+
+from app.engine.types import EngineError, EngineRequest, GenerationSettings
+from app.engine.worker import RequestHandle
+from app.server.services import Services
+from app.server.stats import ChunkTimes
+from app.text.chunker import TextChunk
+
+SPEECH_CHARS_PER_SECOND = 15.0  # rough speaking rate, to estimate when not-yet-synthesized audio will play
+
+
+class ChunkJob:
+    """One text chunk: its engine request and the PCM pieces received so far (in order, `None` at the end)."""
+
+    def __init__(self, chunk: TextChunk, times: ChunkTimes):
+        self.chunk = chunk
+        self.times = times
+        self.pieces: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self.error: EngineError | None = None
+        self.speech_tokens = 0
+        self.emitted_s = 0.0  # audio seconds of this chunk handed out by `ChunkPipeline.ordered`
+        # The engine's final piece of audio, once it has arrived (it stays None when the request ended without
+        # audio in its final output): lets a framing know a chunk's last audio when it queues it.
+        self.last_piece: np.ndarray | None = None
+        self._handle: RequestHandle | None = None
+        self._reader: asyncio.Task | None = None
+
+    def start(self, handle: RequestHandle) -> None:
+        self._handle = handle
+        self._reader = asyncio.create_task(self._collect(handle))
+
+    def finish_empty(self) -> None:
+        """A chunk with nothing to speak (punctuation only): no request, no audio."""
+        self.times.last_synthesized = self.times.released
+        self.pieces.put_nowait(None)
+
+    def estimated_unemitted_s(self) -> float:
+        return max(0.0, len(self.chunk.speak_text) / SPEECH_CHARS_PER_SECOND - self.emitted_s)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()  # frees the engine slot before the worker's next step
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _collect(self, handle: RequestHandle) -> None:
+        try:
+            async for output in handle:
+                if output.pcm.size:
+                    if output.finished:
+                        self.last_piece = output.pcm
+                    self.pieces.put_nowait(output.pcm)
+                self.speech_tokens = max(self.speech_tokens, output.speech_tokens)
+        except EngineError as exc:
+            self.error = exc
+        finally:
+            self.times.last_synthesized = time.monotonic()
+            self.pieces.put_nowait(None)
+
+
+class Marker(Enum):
+    """A point between chunks that the caller wants to act on in order."""
+
+    FLUSH = "flush"
+    END = "end"  # the last event `ordered()` yields
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    job: ChunkJob
+    pcm: np.ndarray  # float32 at the engine's sample rate
+
+    @property
+    def ends_chunk(self) -> bool:
+        """The engine marked this piece as its chunk's last."""
+        return self.pcm is self.job.last_piece
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """All audio of the chunk has been handed out and the engine finished it without error."""
+
+    job: ChunkJob
+
+
+Event = AudioPiece | ChunkDone | Marker
+
+
+class ChunkPipeline:
+    """The chunks of one reply, spoken with one voice, settings and priority; engine request ids are
+    `{request_prefix}-{chunk index}`."""
+
+    def __init__(self, services: Services, request_prefix: str, voice: Any, settings: GenerationSettings,
+                 priority: int):
+        self.services = services
+        self.request_prefix = request_prefix
+        self.voice = voice
+        self.settings = settings
+        self.priority = priority
+        self.pending: list[ChunkJob] = []  # released chunks whose audio has not all been handed out
+        self._released = 0
+        self._plan: asyncio.Queue[ChunkJob | Marker] = asyncio.Queue()
+        self._cancelled = False
+
+    def release(self, chunk: TextChunk, now: float, buffered_s: float = 0.0) -> ChunkJob:
+        """Submit `chunk` for synthesis (a chunk with nothing to speak gets no request, and no audio).
+        `buffered_s`: audio the listener has ahead of it already."""
+        job = ChunkJob(chunk, ChunkTimes(first_text=chunk.first_text_at or now, released=now))
+        if chunk.speak_text.strip():
+            job.start(self.services.worker.submit(self._request(chunk, now, buffered_s)))
+        else:
+            job.finish_empty()
+        self._released += 1
+        self.pending.append(job)
+        self._plan.put_nowait(job)
+        return job
+
+    def mark(self, marker: Marker) -> None:
+        """`marker` is yielded by `ordered()` once the audio of every chunk released before it was."""
+        self._plan.put_nowait(marker)
+
+    def cancel(self) -> None:
+        """Abort every request still running; `ordered()` ends where it is."""
+        self._cancelled = True
+        for job in self.pending:
+            job.cancel()  # a no-op for finished requests; frees the engine slot of running ones
+        self.pending.clear()
+
+    async def ordered(self) -> AsyncIterator[Event]:
+        """Each chunk's audio pieces as they arrive, then its `ChunkDone`, chunk after chunk in release order,
+        and the markers where they were put. Ends after `Marker.END` or once cancelled; raises the
+        `EngineError` of a chunk that failed."""
+        while True:
+            item = await self._plan.get()
+            if isinstance(item, Marker):
+                yield item
+                if item is Marker.END:
+                    return
+                continue
+            while (pcm := await item.pieces.get()) is not None:
+                item.emitted_s += pcm.size / self.services.sample_rate
+                yield AudioPiece(item, pcm)
+            if item.error is not None:
+                raise item.error
+            if self._cancelled:
+                return
+            self._chunk_done(item)
+            yield ChunkDone(item)
+
+    def _request(self, chunk: TextChunk, now: float, buffered_s: float) -> EngineRequest:
+        return EngineRequest(
+            request_id=f"{self.request_prefix}-{chunk.index}", text=chunk.speak_text, voice=self.voice,
+            settings=self.settings, priority=self.priority, deadline=self._deadline(now, buffered_s),
+            first_in_context=self._released == 0, arrival=now)
+
+    def _deadline(self, now: float, buffered_s: float) -> float:
+        """When the listener runs dry if this chunk has no audio by then: after the audio it has and the
+        estimated audio of earlier chunks not handed out yet."""
+        return now + buffered_s + sum(job.estimated_unemitted_s() for job in self.pending)
+
+    def _chunk_done(self, job: ChunkJob) -> None:
+        metrics = self.services.metrics
+        metrics.speech_tokens.inc(job.speech_tokens)
+        synthesis_s = job.times.synthesis_s
+        if synthesis_s is not None and job.emitted_s > 0:
+            metrics.rtf.observe(synthesis_s / job.emitted_s)
+        self.pending.remove(job)
