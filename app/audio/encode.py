@@ -1,9 +1,10 @@
 """Turning float32 PCM into bytes for clients, and uploaded recordings back into float32 PCM.
 
-Streams (WebSocket) use raw encodings at a chosen rate: `StreamEncoder`. Finished responses (HTTP) use file
-formats: `encode_file`. Encoding goes through libsndfile (python-soundfile), which writes FLAC, MP3 (LAME)
-and Ogg Opus itself. Decoding uploads uses libsndfile too, except MP3, which ffmpeg decodes when installed
-(see `_decode_mp3_with_ffmpeg`).
+Streams (WebSocket) use raw encodings at a chosen rate (`StreamEncoder`) or constant-bitrate MP3
+(`Mp3StreamEncoder`); both are an `AudioEncoder`. Finished responses (HTTP) use file formats: `encode_file`.
+Encoding goes through libsndfile (python-soundfile), which writes FLAC, MP3 (LAME) and Ogg Opus itself.
+Decoding uploads uses libsndfile too, except MP3, which ffmpeg decodes when installed (see
+`_decode_mp3_with_ffmpeg`); `run_ffmpeg` runs ffmpeg filters over float32 PCM for the HTTP APIs too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import shutil
 import struct
 import subprocess
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import soundfile as sf
@@ -24,7 +25,7 @@ STREAM_ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw")
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 FILE_FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
 
-_BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
+BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
 _CONTENT_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg",
                   "opus": "audio/ogg"}
 # libsndfile (format, subtype) per compressed file format.
@@ -43,6 +44,14 @@ _FFMPEG_TIMEOUT_S = 30.0
 
 class AudioDecodeError(ValueError):
     """An uploaded recording could not be decoded; the message says why and is safe to show a client."""
+
+
+class FfmpegError(Exception):
+    """ffmpeg failed (the message is what it wrote to stderr) or ran past its time limit (`timed_out`)."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 # --- raw sample encodings ----------------------------------------------------------------------------------
@@ -84,6 +93,19 @@ _ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
     "pcm_s16le": _encode_s16, "pcm_f32le": _encode_f32, "mulaw": _encode_mulaw}
 
 
+class AudioEncoder(Protocol):
+    """Engine PCM in, client bytes out, as one continuous stream."""
+
+    sample_rate: int
+
+    @property
+    def bytes_per_second(self) -> int: ...
+
+    def encode(self, pcm: np.ndarray) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
 class StreamEncoder:
     """Resamples and encodes one continuous stream of engine PCM, piece by piece.
 
@@ -107,7 +129,7 @@ class StreamEncoder:
 
     @property
     def bytes_per_second(self) -> int:
-        return self.sample_rate * _BYTES_PER_SAMPLE[self.encoding]
+        return self.sample_rate * BYTES_PER_SAMPLE[self.encoding]
 
     def encode(self, pcm: np.ndarray) -> bytes:
         return self._encode(self._resampler.process(pcm))
@@ -115,6 +137,57 @@ class StreamEncoder:
     def flush(self) -> bytes:
         """The resampler's held-back tail; call once at the end of the stream."""
         return self._encode(self._resampler.flush())
+
+
+class Mp3StreamEncoder:
+    """Streaming constant-bitrate MP3 (LAME, through libsndfile): `encode` returns the frames finished so far.
+    `flush` ends the MP3 stream and the next audio starts a new one; decoders play the streams back to back."""
+
+    def __init__(self, sample_rate: int, kbps: int, source_rate: int = SAMPLE_RATE):
+        self.sample_rate = sample_rate
+        self.kbps = kbps
+        self._resampler = StreamResampler(source_rate, sample_rate)
+        self._file: sf.SoundFile | None = None
+        self._buffer = io.BytesIO()
+        self._taken = 0
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.kbps * 1000 // 8
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        self._write(self._resampler.process(pcm))
+        return self._take()
+
+    def flush(self) -> bytes:
+        self._write(self._resampler.flush())
+        if self._file is None:
+            return b""
+        self._file.close()  # LAME's last frames
+        self._file = None
+        return self._take()
+
+    def _write(self, pcm: np.ndarray) -> None:
+        if not pcm.size:
+            return
+        if self._file is None:
+            self._buffer, self._taken = io.BytesIO(), 0
+            container, subtype = _SNDFILE_FORMATS["mp3"]
+            self._file = sf.SoundFile(self._buffer, "w", self.sample_rate, 1, format=container, subtype=subtype,
+                                      compression_level=self._compression_level(), bitrate_mode="CONSTANT",
+                                      closefd=False)
+        self._file.write(np.clip(pcm, -1.0, 1.0))
+
+    def _take(self) -> bytes:
+        data = self._buffer.getvalue()[self._taken:]
+        self._taken += len(data)
+        return data
+
+    def _compression_level(self) -> float:
+        """libsndfile maps its compression level linearly onto the bitrates of the MPEG version the sample
+        rate implies (MPEG-1: 32-320 kb/s, MPEG-2: 8-160 kb/s); it refuses exactly 1.0."""
+        high, low = (320, 32) if self.sample_rate >= 32000 else (160, 8)
+        return min(0.999, (high - self.kbps) / (high - low))
 
 
 # --- files ---------------------------------------------------------------------------------------------------
@@ -225,21 +298,37 @@ def _read_mono(sound: sf.SoundFile, max_seconds: float) -> np.ndarray:
 
 def _decode_mp3_with_ffmpeg(data: bytes, rate: int, channels: int, max_seconds: float) -> np.ndarray:
     """libsndfile stops an MP3 at mpg123's length estimate, which cuts VBR files without a Xing header short
-    (3 s decoded as 0.3 s); ffmpeg decodes the whole stream. It runs in its own process under a time limit,
-    so a hostile file can neither hang nor crash the server."""
-    command = [_FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "mp3", "-i", "pipe:0",
-               "-t", f"{max_seconds + 1:g}", "-ar", str(rate), "-ac", str(channels), "-f", "f32le", "pipe:1"]
+    (3 s decoded as 0.3 s); ffmpeg decodes the whole stream."""
     try:
-        result = subprocess.run(command, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise AudioDecodeError("decoding the MP3 file took too long") from None
-    if result.returncode != 0:
-        reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["ffmpeg failed"]
-        raise AudioDecodeError(f"could not decode the MP3 file: {reason[0]}")
-    samples = np.frombuffer(result.stdout, dtype="<f4")
+        samples = run_ffmpeg(["-f", "mp3", "-i", "pipe:0", "-t", f"{max_seconds + 1:g}", "-ar", str(rate),
+                              "-ac", str(channels)], data, _FFMPEG_TIMEOUT_S)
+    except FfmpegError as exc:
+        if exc.timed_out:
+            raise AudioDecodeError("decoding the MP3 file took too long") from None
+        raise AudioDecodeError(f"could not decode the MP3 file: {str(exc).splitlines()[-1]}") from None
     frames = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)
     _check_duration(len(frames), rate, max_seconds)
     return _downmix(frames)
+
+
+def ffmpeg_available() -> bool:
+    return _FFMPEG is not None
+
+
+def run_ffmpeg(args: list[str], data: bytes, timeout_s: float) -> np.ndarray:
+    """ffmpeg fed `data` on stdin, with `args` naming the input (`-i pipe:0`) and what to do with it, writing
+    mono or interleaved float32 samples, which are returned (a read-only view). It runs in its own process
+    under a time limit, so hostile input can neither hang nor crash the server. Raises `FfmpegError`."""
+    if _FFMPEG is None:
+        raise FfmpegError("ffmpeg is not installed")
+    command = [_FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *args, "-f", "f32le", "pipe:1"]
+    try:
+        result = subprocess.run(command, input=data, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise FfmpegError(f"ffmpeg took longer than {timeout_s:g} s", timed_out=True) from None
+    if result.returncode != 0:
+        raise FfmpegError(result.stderr.decode(errors="replace").strip() or "ffmpeg failed")
+    return np.frombuffer(result.stdout, dtype="<f4")
 
 
 def _downmix(frames: np.ndarray) -> np.ndarray:

@@ -11,28 +11,24 @@ submission, stats, limits, slow readers, drain) is the native pipeline.
 from __future__ import annotations
 
 import base64
-import io
 import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import numpy as np
 import orjson
-import soundfile as sf
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from app.audio.encode import SAMPLE_RATES, StreamEncoder
-from app.audio.resample import StreamResampler
+from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
 from app.server import protocol as p
 from app.server.auth import key_accepted, presented_keys
 from app.server.runtime import GOING_AWAY
 from app.server.pipeline import SPEECH_CHARS_PER_SECOND
 from app.server.services import Services
-from app.server.stream import (INTERNAL_ERROR, NORMAL_CLOSURE, AudioEncoder, Connection, Framing, Payload,
-                               StatsSource, StreamContext)
+from app.server.stream import (INTERNAL_ERROR, NORMAL_CLOSURE, Connection, Framing, Payload, StatsSource,
+                               StreamContext)
 from app.text.chunker import TextChunk
 
 SINGLE_PATH = "/v1/text-to-speech/{voice_id}/stream-input"
@@ -368,56 +364,6 @@ class ElevenLabsFraming(Framing):
         if self.context_id is not None:
             fields["contextId"] = self.context_id
         return _dumps(fields)
-
-
-class Mp3StreamEncoder:
-    """Streaming constant-bitrate MP3 (LAME, through libsndfile): `encode` returns the frames finished so far.
-    `flush` ends the MP3 stream and the next audio starts a new one; decoders play the streams back to back."""
-
-    def __init__(self, sample_rate: int, kbps: int, source_rate: int):
-        self.sample_rate = sample_rate
-        self.kbps = kbps
-        self._resampler = StreamResampler(source_rate, sample_rate)
-        self._file: sf.SoundFile | None = None
-        self._buffer = io.BytesIO()
-        self._taken = 0
-
-    @property
-    def bytes_per_second(self) -> int:
-        return self.kbps * 1000 // 8
-
-    def encode(self, pcm: np.ndarray) -> bytes:
-        self._write(self._resampler.process(pcm))
-        return self._take()
-
-    def flush(self) -> bytes:
-        self._write(self._resampler.flush())
-        if self._file is None:
-            return b""
-        self._file.close()  # LAME's last frames
-        self._file = None
-        return self._take()
-
-    def _write(self, pcm: np.ndarray) -> None:
-        if not pcm.size:
-            return
-        if self._file is None:
-            self._buffer, self._taken = io.BytesIO(), 0
-            self._file = sf.SoundFile(self._buffer, "w", self.sample_rate, 1, format="MP3",
-                                      subtype="MPEG_LAYER_III", compression_level=self._compression_level(),
-                                      bitrate_mode="CONSTANT", closefd=False)
-        self._file.write(np.clip(pcm, -1.0, 1.0))
-
-    def _take(self) -> bytes:
-        data = self._buffer.getvalue()[self._taken:]
-        self._taken += len(data)
-        return data
-
-    def _compression_level(self) -> float:
-        """libsndfile maps its compression level linearly onto the bitrates of the MPEG version the sample
-        rate implies (MPEG-1: 32-320 kb/s, MPEG-2: 8-160 kb/s); it refuses exactly 1.0."""
-        high, low = (320, 32) if self.sample_rate >= 32000 else (160, 8)
-        return min(0.999, (high - self.kbps) / (high - low))
 
 
 # ---- the connection -----------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`.
 from __future__ import annotations
 
 import base64
-import shutil
-import subprocess
 import time
 from functools import partial
 from typing import Any, AsyncIterator
@@ -35,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.audio.encode import FfmpegError, ffmpeg_available, run_ffmpeg
 from app.server.http_api import GENERATION_FIELDS, generation_settings, opened
 from app.server.http_common import (BadJson, BodyTooLarge, ClientDisconnected, ClosingStreamingResponse,
                                     read_json_object)
@@ -50,7 +49,6 @@ SPEED_RANGE = (0.25, 4.0)
 _FIELDS = frozenset({"model", "input", "voice", "instructions", "response_format", "speed", "stream_format"}
                     | GENERATION_FIELDS)
 _BODY_LIMIT = 12 * MAX_INPUT_CHARS + 64 * 1024
-_FFMPEG = shutil.which("ffmpeg")
 _ATEMPO_RANGE = (0.5, 2.0)  # what every ffmpeg version's atempo accepts in one stage
 _FFMPEG_TIMEOUT_S = 60.0
 
@@ -142,7 +140,7 @@ def _speed(value: Any) -> float:
     low, high = SPEED_RANGE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise OpenAIError(f"`speed` must be a number from {low} to {high}", param="speed", code="invalid_value")
-    if value != 1.0 and _FFMPEG is None:
+    if value != 1.0 and not ffmpeg_available():
         raise OpenAIError("this server cannot change the speed (ffmpeg is not installed); use speed 1.0",
                           param="speed", code="unsupported_value")
     return float(value)
@@ -164,14 +162,13 @@ def change_tempo(pcm: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
         stages.append(step)
         rest /= step
     stages.append(rest)
-    command = [_FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "f32le", "-ar", str(sample_rate),
-               "-ac", "1", "-i", "pipe:0", "-filter:a", ",".join(f"atempo={stage:.6f}" for stage in stages),
-               "-f", "f32le", "pipe:1"]
-    done = subprocess.run(command, input=pcm.astype("<f4").tobytes(), capture_output=True,
-                          timeout=_FFMPEG_TIMEOUT_S, check=False)
-    if done.returncode != 0:
-        raise SpeechError("engine_error", f"changing the speed failed: {done.stderr.decode(errors='replace')}", 500)
-    return np.frombuffer(done.stdout, dtype="<f4").astype(np.float32)
+    args = ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0",
+            "-filter:a", ",".join(f"atempo={stage:.6f}" for stage in stages)]
+    try:
+        stretched = run_ffmpeg(args, pcm.astype("<f4").tobytes(), _FFMPEG_TIMEOUT_S)
+    except FfmpegError as exc:
+        raise SpeechError("engine_error", f"changing the speed failed: {exc}", 500) from None
+    return stretched.astype(np.float32)
 
 
 async def _sse_events(speech: Speech, input_chars: int) -> AsyncIterator[bytes]:

@@ -22,12 +22,11 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from app.audio.encode import SAMPLE_RATES, STREAM_ENCODINGS, StreamEncoder
+from app.audio.encode import SAMPLE_RATES, STREAM_ENCODINGS, AudioEncoder, StreamEncoder
 from app.engine.types import EngineError
 from app.server import protocol as p
 from app.server.auth import accepted_subprotocol
@@ -126,19 +125,6 @@ class Outbox:
 
 
 # ---- what a context puts on the wire ------------------------------------------------------------------------
-
-class AudioEncoder(Protocol):
-    """Engine PCM in, client bytes out, as one continuous stream (`StreamEncoder` is one)."""
-
-    sample_rate: int
-
-    @property
-    def bytes_per_second(self) -> int: ...
-
-    def encode(self, pcm: np.ndarray) -> bytes: ...
-
-    def flush(self) -> bytes: ...
-
 
 class Framing:
     """How one context's events become messages of its protocol. Each method returns what to queue, or None

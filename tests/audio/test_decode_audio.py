@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from app.audio import encode
-from app.audio.encode import AudioDecodeError, decode_audio, encode_file
+from app.audio.encode import AudioDecodeError, FfmpegError, decode_audio, encode_file, run_ffmpeg
 
 RATE = 24000
 COMPRESSED = ("flac", "mp3", "opus")
@@ -50,6 +50,20 @@ def test_vbr_mp3_without_xing_header_decodes_in_full(tmp_path):
     pcm, rate = decode_audio(path.read_bytes())
     assert rate == 44100
     assert 3.0 <= pcm.size / rate <= 3.1
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_run_ffmpeg_returns_float_samples_and_reports_failures_and_time_limits():
+    tone = _tone(0.5)
+    args = ["-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", "pipe:0"]
+    np.testing.assert_array_equal(run_ffmpeg(args, tone.tobytes(), timeout_s=30), tone)
+    with pytest.raises(FfmpegError, match="atempo") as failed:
+        run_ffmpeg([*args, "-filter:a", "atempo=0.01"], tone.tobytes(), timeout_s=30)
+    assert not failed.value.timed_out
+    endless = ["-re", "-f", "lavfi", "-i", "sine=r=8000"]  # a source that never ends, read in real time
+    with pytest.raises(FfmpegError) as slow:
+        run_ffmpeg(endless, b"", timeout_s=0.5)
+    assert slow.value.timed_out
 
 
 def test_mp3_without_ffmpeg_falls_back_to_libsndfile(monkeypatch):
