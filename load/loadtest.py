@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from load.metrics import BYTES_PER_SAMPLE, TTFA_FIELDS, ServiceLevel
+from app.audio.encode import BYTES_PER_SAMPLE
+from load.metrics import TTFA_FIELDS, ServiceLevel
 from load.ramp import RampConfig, doubling_steps, run_ramp, wait_until_ready
 from load.replies import TokenTiming
 from load.report import verdict, write_reports

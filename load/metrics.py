@@ -14,8 +14,6 @@ from typing import Any
 # The server's own listener model, so client and server count underruns the same way.
 from app.server.stats import PlaybackClock
 
-BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
-
 
 @dataclass
 class ReplyRecord:

@@ -12,7 +12,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from load.metrics import BYTES_PER_SAMPLE, ReplyRecord
+from app.audio.encode import BYTES_PER_SAMPLE
+from app.server.protocol import split_frame
+from load.metrics import ReplyRecord
 from load.replies import REPLY_POOL, TokenTiming, tokenize, truncate_at_word
 
 CONNECT_TIMEOUT_S = 10.0
@@ -153,11 +155,12 @@ class SessionRunner:
             self._on_connection_lost(ws.close_code)
 
     def _on_audio(self, frame: bytes, now: float) -> None:
-        record = self._by_channel.get(int.from_bytes(frame[:4], "little"))
+        channel, payload = split_frame(frame)
+        record = self._by_channel.get(channel)
         if record is None:
             self.errors.append("audio_on_unknown_channel")
             return
-        record.on_audio(len(frame) - 4, now)
+        record.on_audio(len(payload), now)
 
     def _on_event(self, event: dict[str, Any], now: float) -> None:
         kind = event.get("type")
