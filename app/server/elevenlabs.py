@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
 from app.server import protocol as p
-from app.server.auth import key_accepted, presented_keys
+from app.server.auth import POLICY_VIOLATION, key_accepted, presented_keys
 from app.server.runtime import GOING_AWAY
 from app.server.pipeline import SPEECH_CHARS_PER_SECOND
 from app.server.services import Services
@@ -41,7 +41,6 @@ MAX_INACTIVITY_S = 180.0
 MAX_SEED = 4_294_967_295
 DEFAULT_CONTEXT = "default"  # the context of messages without a context_id
 MESSAGE_SECONDS = 1.0  # longest audio message: long enough that most carry whole words for their alignment
-POLICY_VIOLATION = 1008
 _CLOSE_REASON_BYTES = 123  # the most a WebSocket close reason may hold
 
 # Their MP3 formats; LAME takes any of these rates and bitrates.

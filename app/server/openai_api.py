@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.audio.encode import FfmpegError, ffmpeg_available, run_ffmpeg
-from app.server.http_api import GENERATION_FIELDS, generation_settings, opened
+from app.server.http_api import GENERATION_FIELDS, generation_settings, json_body_limit, opened
 from app.server.http_common import (BadJson, BodyTooLarge, ClientDisconnected, ClosingStreamingResponse,
                                     read_json_object)
 from app.server.synthesis import AudioBody, FileBody, Speech, SpeechError, SpeechRequest, SpeechService
@@ -48,7 +48,6 @@ MAX_INPUT_CHARS = 4096
 SPEED_RANGE = (0.25, 4.0)
 _FIELDS = frozenset({"model", "input", "voice", "instructions", "response_format", "speed", "stream_format"}
                     | GENERATION_FIELDS)
-_BODY_LIMIT = 12 * MAX_INPUT_CHARS + 64 * 1024
 _ATEMPO_RANGE = (0.5, 2.0)  # what every ffmpeg version's atempo accepts in one stage
 _FFMPEG_TIMEOUT_S = 60.0
 
@@ -64,7 +63,7 @@ async def speech(request: Request) -> Response:
     received = time.monotonic()
     service = SpeechService.from_state(request.app.state)
     try:
-        body = await read_json_object(request, _BODY_LIMIT)
+        body = await read_json_object(request, json_body_limit(MAX_INPUT_CHARS))
         speech_request, fmt, speed, stream_format = _parse(body, service)
         audio = _audio_body(service, fmt, speed)
         try:

@@ -27,6 +27,7 @@ import numpy as np
 from app.audio.encode import StreamEncoder, content_type, encode_file, streaming_wav_header
 from app.cache import ResponseCache, cache_key, is_cacheable
 from app.engine.types import SAMPLE_RATE, EngineError, GenerationSettings
+from app.errors import ClientError
 from app.server.pipeline import AudioPiece, ChunkDone, ChunkPipeline, Marker
 from app.server.services import Services
 from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
@@ -38,14 +39,8 @@ WHOLE_TEXT_BUFFER_S = math.inf
 OUTPUT_RATE = SAMPLE_RATE  # every HTTP response is 24 kHz (OpenAI's `pcm` is defined as 24 kHz s16le)
 
 
-class SpeechError(Exception):
-    """A failure the API layers report to the client: stable `code`, readable `message`, HTTP `status`."""
-
-    def __init__(self, code: str, message: str, status: int):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+class SpeechError(ClientError):
+    """A failure the API layers report to the client."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import soundfile as sf
 from app.audio.encode import AudioDecodeError, decode_audio
 from app.audio.resample import resample
 from app.engine.types import SAMPLE_RATE
+from app.errors import ClientError
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,8 @@ TRIM_BELOW_PEAK_DB = 40.0  # ... and so do frames 40 dB below the loudest frame 
 _TRIM_FRAME_SECONDS = 0.02
 
 
-class VoiceError(Exception):
-    """A library failure a client can act on: stable `code`, readable `message`, HTTP `status`."""
-
-    def __init__(self, code: str, message: str, status: int):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+class VoiceError(ClientError):
+    """A library failure a client can act on."""
 
 
 @dataclass(frozen=True)
