@@ -1,16 +1,22 @@
 """Real uvicorn servers on 127.0.0.1 with a free port, for any test file (`import harness`).
 
 - `run_server(settings, engine=None)`: context manager, the app in a uvicorn thread of this process (its
-  `app.state` is inspectable from the test); waits for /health (and /ready unless `wait_ready=False`).
+  `app.state` is inspectable from the test); waits for /health (and /ready unless `wait_ready=False`); with
+  `tls=(cert, key)` it serves https/wss.
+- `module_server(engine=None, **overrides)`: a module-scoped fixture of one such server for a test module.
 - `run_server_process(settings_env)`: the real `python -m app.cli serve` in a subprocess (for signals).
 - `make_settings(tmp_path, **overrides)`: Settings for tests (espeak engine, quiet logs, temp voices dir).
+- `metric_samples(server)`: /metrics parsed; `wait_until(condition)` / `wait_until_async`: poll with a
+  time limit; `Deadline`: the time left of one limit, for loops that read with timeouts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from app.engine.base import Engine
@@ -27,6 +35,7 @@ from app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
+POLL_S = 0.02
 
 
 def free_port() -> int:
@@ -41,26 +50,68 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+class Deadline:
+    """One time limit shared by several waits."""
+
+    def __init__(self, timeout: float):
+        self.at = time.monotonic() + timeout
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def left(self) -> float:
+        """Seconds left, at least a sliver, so a last read still gets its chance."""
+        return max(0.01, self.at - time.monotonic())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = Deadline(timeout)
+    while not condition():
+        assert not deadline.passed, "condition not reached in time"
+        time.sleep(POLL_S)
+
+
+async def wait_until_async(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = Deadline(timeout)
+    while not condition():
+        assert not deadline.passed, "condition not reached in time"
+        await asyncio.sleep(POLL_S)
+
 
 @dataclass
 class RunningServer:
     settings: Settings
     app: Starlette | None = None  # None for a subprocess server
     process: subprocess.Popen | None = None
+    tls_cert: Path | None = None  # served with TLS under this self-signed certificate
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.settings.port}"
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.settings.port}/v1/stream"
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.base_url + path, timeout=10, **kwargs)
+        return httpx.get(self.base_url + path, timeout=10, verify=self._verify(), **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(self.base_url + path, timeout=10, **kwargs)
+        return httpx.post(self.base_url + path, timeout=10, verify=self._verify(), **kwargs)
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        return True if self.tls_cert is None else ssl.create_default_context(cafile=str(self.tls_cert))
+
+
+def metric_samples(server: RunningServer) -> dict[str, float]:
+    """Every sample of /metrics by name (labels appended as `name{k=v}`), through the Prometheus parser."""
+    samples = {}
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def wait_until_up(server: RunningServer, wait_ready: bool, alive: Callable[[], bool]) -> None:
@@ -70,11 +121,9 @@ def wait_until_up(server: RunningServer, wait_ready: bool, alive: Callable[[], b
     while time.monotonic() < deadline:
         if not alive():
             raise RuntimeError("server exited during start-up")
-        try:
+        with contextlib.suppress(httpx.TransportError):
             if server.get(path, headers=headers).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         time.sleep(0.05)
     raise TimeoutError(f"server did not answer {path} within {START_TIMEOUT_S} s")
 
@@ -92,19 +141,23 @@ def listening_socket(port: int, send_buffer_bytes: int) -> socket.socket:
 
 @contextlib.contextmanager
 def run_server(settings: Settings, engine: Engine | None = None, wait_ready: bool = True,
-               send_buffer_bytes: int | None = None) -> Iterator[RunningServer]:
-    """`send_buffer_bytes` shrinks the kernel send buffer of accepted connections (see `listening_socket`)."""
+               send_buffer_bytes: int | None = None, tls: tuple[Path, Path] | None = None
+               ) -> Iterator[RunningServer]:
+    """`send_buffer_bytes` shrinks the kernel send buffer of accepted connections (see `listening_socket`);
+    `tls` is (certificate, key) to serve https and wss."""
     from app.server.app import DrainingServer, create_app, uvicorn_config
 
     settings = settings.replace(host="127.0.0.1", port=free_port())
     app = create_app(settings, engine=engine)
-    server = DrainingServer(uvicorn_config(app, settings), drain=lambda: app.state.runtime.drain(
-        settings.drain_timeout_s))
+    config = uvicorn_config(app, settings)
+    if tls is not None:
+        config.ssl_certfile, config.ssl_keyfile = map(str, tls)
+    server = DrainingServer(config, drain=lambda: app.state.runtime.drain(settings.drain_timeout_s))
     sockets = None if send_buffer_bytes is None else [listening_socket(settings.port, send_buffer_bytes)]
     thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name=f"uvicorn-{settings.port}",
                               daemon=True)
     thread.start()
-    running = RunningServer(settings, app=app)
+    running = RunningServer(settings, app=app, tls_cert=None if tls is None else tls[0])
     try:
         wait_until_up(running, wait_ready, thread.is_alive)
         yield running
@@ -113,6 +166,18 @@ def run_server(settings: Settings, engine: Engine | None = None, wait_ready: boo
         thread.join(15)
         for sock in sockets or []:
             sock.close()
+
+
+def module_server(engine: Callable[[], Engine] | None = None, **overrides: Any) -> Any:
+    """A module-scoped fixture: one server (espeak, or the engine `engine()` builds) with these settings,
+    shared by the tests of the module that assigns it (`server = module_server()`)."""
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+        settings = make_settings(tmp_path_factory.mktemp("server"), **overrides)
+        with run_server(settings, engine=None if engine is None else engine()) as running:
+            yield running
+
+    return fixture
 
 
 @contextlib.contextmanager

@@ -1,26 +1,15 @@
-import io
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from app.audio import encode
 from app.audio.encode import AudioDecodeError, FfmpegError, decode_audio, encode_file, run_ffmpeg
+from audio_checks import sine, sound_file
 
 RATE = 24000
 COMPRESSED = ("flac", "mp3", "opus")
-
-
-def _tone(seconds: float = 1.0, rate: int = RATE) -> np.ndarray:
-    return (0.5 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
-
-
-def _write(pcm: np.ndarray, rate: int, container: str, subtype: str) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, pcm, rate, format=container, subtype=subtype)
-    return buffer.getvalue()
 
 
 def test_error_is_a_value_error():
@@ -28,14 +17,14 @@ def test_error_is_a_value_error():
 
 
 def test_stereo_is_mixed_down_to_mono():
-    left, right = _tone(), np.zeros(RATE, dtype=np.float32)
-    pcm, rate = decode_audio(_write(np.stack([left, right], axis=1), RATE, "WAV", "FLOAT"))
+    left, right = sine(1.0), np.zeros(RATE, dtype=np.float32)
+    pcm, rate = decode_audio(sound_file(np.stack([left, right], axis=1), RATE, "WAV", "FLOAT"))
     assert rate == RATE
     np.testing.assert_allclose(pcm, left / 2, atol=1e-7)
 
 
 def test_ogg_vorbis_decodes():
-    pcm, rate = decode_audio(_write(_tone(), 16000, "OGG", "VORBIS"))
+    pcm, rate = decode_audio(sound_file(sine(1.0), 16000, "OGG", "VORBIS"))
     assert rate == 16000 and pcm.dtype == np.float32 and pcm.ndim == 1
     assert pcm.size == pytest.approx(RATE, abs=1152)
 
@@ -54,7 +43,7 @@ def test_vbr_mp3_without_xing_header_decodes_in_full(tmp_path):
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 def test_run_ffmpeg_returns_float_samples_and_reports_failures_and_time_limits():
-    tone = _tone(0.5)
+    tone = sine(0.5)
     args = ["-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", "pipe:0"]
     np.testing.assert_array_equal(run_ffmpeg(args, tone.tobytes(), timeout_s=30), tone)
     with pytest.raises(FfmpegError, match="atempo") as failed:
@@ -68,12 +57,12 @@ def test_run_ffmpeg_returns_float_samples_and_reports_failures_and_time_limits()
 
 def test_mp3_without_ffmpeg_falls_back_to_libsndfile(monkeypatch):
     monkeypatch.setattr(encode, "_FFMPEG", None)
-    pcm, rate = decode_audio(encode_file(_tone(), RATE, "mp3"))
+    pcm, rate = decode_audio(encode_file(sine(1.0), RATE, "mp3"))
     assert rate == RATE and pcm.size == RATE
 
 
 def test_longer_than_the_limit_is_refused():
-    data = encode_file(_tone(2.0), RATE, "flac")
+    data = encode_file(sine(2.0), RATE, "flac")
     assert decode_audio(data, max_seconds=2.0)[0].size == 2 * RATE
     with pytest.raises(AudioDecodeError, match="longer than the 1.5 s limit"):
         decode_audio(data, max_seconds=1.5)
@@ -81,30 +70,30 @@ def test_longer_than_the_limit_is_refused():
 
 def test_mp3_longer_than_the_limit_is_refused():
     with pytest.raises(AudioDecodeError, match="longer than the 1 s limit"):
-        decode_audio(encode_file(_tone(3.0), RATE, "mp3"), max_seconds=1.0)
+        decode_audio(encode_file(sine(3.0), RATE, "mp3"), max_seconds=1.0)
 
 
 def test_non_finite_samples_are_refused():
-    pcm = _tone()
+    pcm = sine(1.0)
     pcm[100] = np.nan
     with pytest.raises(AudioDecodeError, match="non-finite"):
-        decode_audio(_write(pcm, RATE, "WAV", "FLOAT"))
+        decode_audio(sound_file(pcm, RATE, "WAV", "FLOAT"))
 
 
 def test_formats_outside_the_allow_list_are_refused():
     with pytest.raises(AudioDecodeError, match="unsupported audio format AU"):
-        decode_audio(_write(_tone(), RATE, "AU", "PCM_16"))
+        decode_audio(sound_file(sine(1.0), RATE, "AU", "PCM_16"))
 
 
 def test_header_claiming_an_absurd_sample_rate_is_refused():
-    data = bytearray(encode_file(_tone(), RATE, "wav"))
+    data = bytearray(encode_file(sine(1.0), RATE, "wav"))
     data[24:28] = (10**9).to_bytes(4, "little")
     with pytest.raises(AudioDecodeError, match="sample rate"):
         decode_audio(bytes(data))
 
 
 def test_flac_claiming_2_to_the_36_samples_is_refused_quickly():
-    data = bytearray(encode_file(_tone(), RATE, "flac"))
+    data = bytearray(encode_file(sine(1.0), RATE, "flac"))
     streaminfo_tail = int.from_bytes(data[18:26], "big")  # rate, channels, bits, then 36 bits of length
     data[18:26] = (streaminfo_tail | (1 << 36) - 1).to_bytes(8, "big")
     with pytest.raises(AudioDecodeError):
@@ -142,13 +131,13 @@ def test_random_noise_bytes_raise_decode_error(seed):
 @pytest.mark.parametrize("keep", [4, 20, 40])
 def test_file_cut_inside_its_header_raises_decode_error(fmt, keep):
     with pytest.raises(AudioDecodeError):
-        decode_audio(encode_file(_tone(), RATE, fmt)[:keep])
+        decode_audio(encode_file(sine(1.0), RATE, fmt)[:keep])
 
 
 @pytest.mark.parametrize("fmt", ("flac", "opus"))
 @pytest.mark.parametrize("fraction", [0.05, 0.3])
 def test_compressed_file_cut_mid_stream_raises_decode_error(fmt, fraction):
-    data = encode_file(_tone(), RATE, fmt)
+    data = encode_file(sine(1.0), RATE, fmt)
     with pytest.raises(AudioDecodeError):
         decode_audio(data[: int(len(data) * fraction)])
 
@@ -158,7 +147,7 @@ def test_mutated_files_never_raise_anything_else(fmt):
     """Bytes overwritten, cut, or spliced in: each decode either succeeds with finite mono float32 or raises
     AudioDecodeError."""
     rng = np.random.default_rng(7)
-    original = encode_file(_tone(0.5), RATE, fmt)
+    original = encode_file(sine(0.5), RATE, fmt)
     for _ in range(25 if fmt == "mp3" else 60):
         data = bytearray(original)
         for _ in range(int(rng.integers(1, 8))):

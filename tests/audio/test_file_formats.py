@@ -8,23 +8,16 @@ import soundfile as sf
 
 from app.audio.encode import (FILE_FORMATS, SAMPLE_RATES, content_type, decode_audio, encode_file,
                               streaming_wav_header)
+from audio_checks import peak_hz, sine
 
 LOSSLESS = ("wav", "flac")
 LOSSY = ("mp3", "opus")
 
 
-def _tone(rate: int, seconds: float = 1.0, hz: float = 440.0) -> np.ndarray:
-    return (0.5 * np.sin(2 * np.pi * hz * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
-
-
-def _peak_hz(pcm: np.ndarray, rate: int) -> float:
-    return float(np.argmax(np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))) * rate / pcm.size)
-
-
 @pytest.mark.parametrize("fmt", LOSSLESS)
 @pytest.mark.parametrize("rate", SAMPLE_RATES)
 def test_lossless_round_trip_is_exact_to_16_bits(fmt, rate):
-    tone = _tone(rate)
+    tone = sine(1.0, rate)
     pcm, decoded_rate = decode_audio(encode_file(tone, rate, fmt))
     assert decoded_rate == rate
     assert pcm.size == tone.size
@@ -34,22 +27,22 @@ def test_lossless_round_trip_is_exact_to_16_bits(fmt, rate):
 @pytest.mark.parametrize("fmt", LOSSY)
 @pytest.mark.parametrize("rate", [8000, 24000, 48000])
 def test_lossy_round_trip_keeps_rate_length_and_pitch(fmt, rate):
-    tone = _tone(rate)
+    tone = sine(1.0, rate)
     pcm, decoded_rate = decode_audio(encode_file(tone, rate, fmt))
     assert decoded_rate == rate
     # Encoder priming/padding may add up to one codec frame (1152 samples for MP3).
     assert tone.size <= pcm.size <= tone.size + 1152
-    assert abs(_peak_hz(pcm[: tone.size], rate) - 440) <= 2 * rate / tone.size
+    assert abs(peak_hz(pcm[: tone.size], rate) - 440) <= 2 * rate / tone.size
     assert np.sqrt(np.mean(pcm**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.1)
 
 
 @pytest.mark.parametrize("rate", [22050, 44100])
 def test_opus_at_a_rate_it_lacks_is_written_at_48k(rate):
-    tone = _tone(rate)
+    tone = sine(1.0, rate)
     pcm, decoded_rate = decode_audio(encode_file(tone, rate, "opus"))
     assert decoded_rate == 48000
     assert pcm.size == pytest.approx(48000, abs=1)
-    assert abs(_peak_hz(pcm, 48000) - 440) <= 2
+    assert abs(peak_hz(pcm, 48000) - 440) <= 2
 
 
 def test_pcm_is_raw_s16le_with_clipping():
@@ -79,7 +72,7 @@ def test_content_type(fmt, expected):
 def test_unknown_format_is_rejected():
     assert set(FILE_FORMATS) == {"wav", "pcm", "flac", "mp3", "opus"}
     with pytest.raises(ValueError, match="unsupported format 'aac'"):
-        encode_file(_tone(24000), 24000, "aac")
+        encode_file(sine(1.0, 24000), 24000, "aac")
     with pytest.raises(ValueError, match="unsupported format"):
         content_type("aac")
 

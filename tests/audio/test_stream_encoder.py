@@ -4,6 +4,7 @@ import pytest
 from app.audio.encode import SAMPLE_RATES, STREAM_ENCODINGS, StreamEncoder
 from app.audio.resample import resample
 from app.engine.types import SAMPLE_RATE
+from audio_checks import mulaw_expand
 
 
 def g191_ulaw_compress(x: int) -> int:
@@ -15,13 +16,6 @@ def g191_ulaw_compress(x: int) -> int:
         segno, i = segno + 1, i >> 1
     code = ((8 - segno) << 4) | (0x0F - ((absno >> segno) & 0x0F))
     return code | 0x80 if x >= 0 else code
-
-
-def ulaw_expand(codes: np.ndarray) -> np.ndarray:
-    """G.711 mu-law decoding to 16-bit linear."""
-    u = ~codes.astype(np.int32) & 0xFF
-    magnitude = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
-    return np.where(u & 0x80, 0x84 - magnitude, magnitude - 0x84)
 
 
 def _encode_all(encoding: str, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
@@ -48,7 +42,7 @@ def test_mulaw_known_codes():
 
 def test_mulaw_round_trip_error_within_g711_bounds():
     linear, pcm = _every_s16_value_as_float()
-    decoded = ulaw_expand(np.frombuffer(_encode_all("mulaw", pcm), dtype=np.uint8))
+    decoded = mulaw_expand(np.frombuffer(_encode_all("mulaw", pcm), dtype=np.uint8))
     in_range = np.abs(linear) <= 32635  # beyond this G.711 clips
     # Half a quantization step: the step in segment s is 2**(s+3), and |x| + 0x84 >= 2**(s+7).
     bound = (np.abs(linear) + 0x84) / 32

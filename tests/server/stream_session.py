@@ -7,11 +7,14 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
 
 from app.server.protocol import split_frame
+from harness import Deadline
 
 RECV_TIMEOUT_S = 20.0
 
@@ -41,27 +44,28 @@ class Session:
     async def until(self, kind: str, context_id: str | None = None, timeout: float = RECV_TIMEOUT_S
                     ) -> dict[str, Any]:
         """Read until an event of `kind` (for `context_id`, if given) arrives; return it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = Deadline(timeout)
         while True:
-            item = await self.recv(max(0.01, deadline - loop.time()))
+            item = await self.recv(deadline.left())
             if isinstance(item, dict) and item["type"] == kind and context_id in (None, item.get("context_id")):
                 return item
 
     async def until_all(self, kind: str, context_ids: list[str], timeout: float = RECV_TIMEOUT_S) -> None:
         """Read until each of `context_ids` has had an event of `kind` (in any order)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = Deadline(timeout)
         while any(not self.events(kind, context_id) for context_id in context_ids):
-            await self.recv(max(0.01, deadline - loop.time()))
+            await self.recv(deadline.left())
 
     async def first_audio(self, channel: int, timeout: float = RECV_TIMEOUT_S) -> Frame:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = Deadline(timeout)
         while True:
-            item = await self.recv(max(0.01, deadline - loop.time()))
+            item = await self.recv(deadline.left())
             if isinstance(item, Frame) and item.channel == channel:
                 return item
+
+    async def until_closed(self, timeout: float = RECV_TIMEOUT_S) -> Close | None:
+        """Read until the server closes the connection; the close frame it sent."""
+        return await _close_frame(self.recv, timeout)
 
     async def start(self, context_id: str, **fields: Any) -> int:
         """Open a context and return its channel."""
@@ -85,6 +89,21 @@ class Session:
     def frames_after(self, event: dict[str, Any], channel: int) -> list[Frame]:
         position = next(i for i, item in enumerate(self.log) if item is event)
         return [item for item in self.log[position + 1:] if isinstance(item, Frame) and item.channel == channel]
+
+
+async def _close_frame(recv: Callable[[float], Awaitable[Any]], timeout: float) -> Close | None:
+    deadline = Deadline(timeout)
+    try:
+        while True:
+            await recv(deadline.left())
+    except ConnectionClosed as closed:
+        return closed.rcvd
+
+
+async def refused(url: str, timeout: float = 10.0, **connect_kwargs: Any) -> Close | None:
+    """Connect where the server accepts the handshake and then closes at once; its close frame."""
+    async with connect(url, **connect_kwargs) as ws:
+        return await _close_frame(lambda left: asyncio.wait_for(ws.recv(), left), timeout)
 
 
 @contextlib.asynccontextmanager

@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from harness import make_settings, run_server_process
-from stream_session import open_session
+from stream_session import open_session, refused
 
 
 async def test_sigterm_lets_the_open_context_finish_then_exits_zero(tmp_path):
@@ -29,10 +25,7 @@ async def test_sigterm_lets_the_open_context_finish_then_exits_zero(tmp_path):
             assert (ready.status_code, ready.json()) == (503, {"ready": False, "reason": "draining"})
             assert (await asyncio.to_thread(server.get, "/health")).status_code == 200
 
-            async with connect(server.ws_url) as newcomer:  # no new connections...
-                with pytest.raises(ConnectionClosed) as refused:
-                    await asyncio.wait_for(newcomer.recv(), 10)
-            assert refused.value.rcvd.code == 1001
+            assert (await refused(server.ws_url)).code == 1001  # no new connections...
             await session.send("start", context_id="late")  # ...and no new contexts
             assert (await session.until("error", "late"))["code"] == "shutting_down"
 
@@ -40,10 +33,7 @@ async def test_sigterm_lets_the_open_context_finish_then_exits_zero(tmp_path):
             await session.send("end", context_id="d")
             done = await session.until("done", "d")
             assert done["stats"]["audio_s"] > 2.0
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await session.recv()
-            assert closed.value.rcvd.code == 1001
+            assert (await session.until_closed()).code == 1001
         assert await asyncio.to_thread(server.process.wait, 15) == 0
 
 
@@ -53,8 +43,5 @@ async def test_drain_deadline_closes_lingering_connections_with_1001(tmp_path):
             await session.start("never-ends")
             await session.send("text", context_id="never-ends", text="I never send end.")
             server.process.send_signal(signal.SIGTERM)
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await session.recv()
-            assert closed.value.rcvd.code == 1001
+            assert (await session.until_closed()).code == 1001
         assert await asyncio.to_thread(server.process.wait, 15) == 0

@@ -6,21 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import re
 import shutil
-import ssl
 import subprocess
-import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlencode
 
-import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -28,8 +23,9 @@ from app.audio.encode import decode_audio
 from app.engine.types import GenerationSettings
 from app.server.elevenlabs import ElevenLabsError, generation_settings
 from app.text.normalize import normalize_stream
+from audio_checks import mulaw_expand, sine, sound_file
 from fake_engines import ToneEngine
-from harness import RunningServer, free_port, make_settings, run_server
+from harness import Deadline, RunningServer, make_settings, module_server, run_server
 
 TEXT = ("Streaming speech should start quickly. The server splits a reply into chunks, and it speaks each one "
         "as soon as it is ready.")
@@ -71,16 +67,14 @@ class Socket:
         return message
 
     async def until(self, done: Callable[["Socket"], bool], timeout: float = RECV_TIMEOUT_S) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = Deadline(timeout)
         while not done(self):
-            if await self.recv(max(0.01, deadline - loop.time())) is None:
+            if await self.recv(deadline.left()) is None:
                 raise AssertionError(f"closed with {self.close_code} before the condition held: {self.messages}")
 
     async def until_closed(self, timeout: float = RECV_TIMEOUT_S) -> int | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await self.recv(max(0.01, deadline - loop.time())) is not None:
+        deadline = Deadline(timeout)
+        while await self.recv(deadline.left()) is not None:
             pass
         return self.close_code
 
@@ -145,12 +139,7 @@ def closing_error(socket: Socket) -> dict[str, Any]:
     return error
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[RunningServer]:
-    settings = make_settings(tmp_path_factory.mktemp("elevenlabs"), max_contexts_per_connection=MAX_CONTEXTS,
-                             max_message_bytes=16384)
-    with run_server(settings) as running:
-        yield running
+server = module_server(max_contexts_per_connection=MAX_CONTEXTS, max_message_bytes=16384)
 
 
 # ---- single stream ------------------------------------------------------------------------------------------
@@ -189,17 +178,9 @@ async def test_ulaw_8000_is_g711_mu_law_of_the_8_khz_audio(server):
     linear = np.frombuffer((await speak(server, TEXT, output_format="pcm_8000")).audio(), dtype="<i2")
     codes = np.frombuffer((await speak(server, TEXT, output_format="ulaw_8000")).audio(), dtype=np.uint8)
     assert len(codes) == len(linear)  # one byte a sample
-    decoded = mu_law_decode(codes)
+    decoded = mulaw_expand(codes)
     step = 1 << (((~codes.astype(np.int32)) >> 4 & 7) + 4)  # twice the quantization step of each code's segment
     assert np.all(np.abs(decoded - linear) <= step)
-
-
-def mu_law_decode(codes: np.ndarray) -> np.ndarray:
-    """ITU-T G.711 mu-law expansion."""
-    inverted = ~codes.astype(np.int32) & 0xFF
-    exponent, mantissa = (inverted >> 4) & 7, inverted & 0x0F
-    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-    return np.where(inverted & 0x80, -magnitude, magnitude)
 
 
 @pytest.mark.parametrize("output_format, rate, kbps", [("mp3_44100_128", 44100, 128), ("mp3_22050_32", 22050, 32)])
@@ -248,11 +229,9 @@ def test_voice_settings_map_to_generation_settings():
 
 async def test_their_voice_id_names_the_library_voice_uploaded_under_it_in_lower_case(server_factory):
     server = server_factory(engine=ToneEngine())
-    tone = 0.3 * np.sin(2 * np.pi * 180 * np.arange(2 * 24000) / 24000)
-    wav = io.BytesIO()
-    sf.write(wav, tone, 24000, format="WAV")
+    wav = sound_file(sine(2.0, hz=180, amplitude=0.3), 24000)
     uploaded = server.post("/v1/voices", data={"name": "21m00tcm4tlvdq8ikwam"},
-                           files={"file": ("voice.wav", wav.getvalue(), "audio/wav")})
+                           files={"file": ("voice.wav", wav, "audio/wav")})
     assert uploaded.status_code == 201, uploaded.text
     socket = await speak(server, "Hello there.", voice="21m00Tcm4TlvDq8ikWAM", output_format="pcm_24000")
     assert socket.audio()
@@ -380,10 +359,7 @@ async def test_engine_failure_is_reported_and_closes_1011(server_factory):
 
 # ---- API keys -----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory) -> Iterator[RunningServer]:
-    with run_server(make_settings(tmp_path_factory.mktemp("keyed"), api_key=API_KEY)) as running:
-        yield running
+keyed_server = module_server(api_key=API_KEY)
 
 
 @pytest.mark.parametrize("headers, query, first_message", [
@@ -421,34 +397,6 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@contextlib.contextmanager
-def run_tls_server(folder: Path, cert: Path, key: Path) -> Iterator[str]:
-    """The app under uvicorn with TLS (harness.run_server speaks plain HTTP); yields the https base URL."""
-    from app.server.app import DrainingServer, create_app, uvicorn_config
-
-    settings = make_settings(folder, api_key=API_KEY).replace(host="127.0.0.1", port=free_port())
-    app = create_app(settings)
-    config = uvicorn_config(app, settings)
-    config.ssl_certfile, config.ssl_keyfile = str(cert), str(key)
-    server = DrainingServer(config, drain=lambda: app.state.runtime.drain(settings.drain_timeout_s))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base_url = f"https://127.0.0.1:{settings.port}"
-    trusting = ssl.create_default_context(cafile=str(cert))
-    try:
-        for _ in range(600):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base_url}/ready", verify=trusting, timeout=5).status_code == 200:
-                    break
-            threading.Event().wait(0.05)
-        else:
-            raise TimeoutError("the TLS server did not become ready")
-        yield base_url
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command for a test certificate")
 def test_their_sdk_convert_realtime_works_by_changing_the_base_url(tmp_path, monkeypatch):
     from elevenlabs import VoiceSettings
@@ -456,8 +404,8 @@ def test_their_sdk_convert_realtime_works_by_changing_the_base_url(tmp_path, mon
 
     cert, key = self_signed_certificate(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the SDK's wss client trusts the default CA store
-    with run_tls_server(tmp_path, cert, key) as base_url:
-        client = ElevenLabs(base_url=base_url, api_key=API_KEY)
+    with run_server(make_settings(tmp_path, api_key=API_KEY), tls=(cert, key)) as tls_server:
+        client = ElevenLabs(base_url=tls_server.base_url, api_key=API_KEY)
         pcm = b"".join(client.text_to_speech.convert_realtime(
             voice_id="default", text=iter(re.findall(r"\S+ ?", TEXT)), model_id="eleven_flash_v2_5",
             output_format="pcm_24000", voice_settings=VoiceSettings(stability=0.5, similarity_boost=0.75)))

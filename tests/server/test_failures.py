@@ -7,14 +7,8 @@ import socket
 import time
 
 from fake_engines import ToneEngine
+from harness import metric_samples, wait_until_async
 from stream_session import open_session
-
-
-async def wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_engine_error_fails_only_the_affected_context(server_factory):
@@ -64,10 +58,10 @@ async def test_disconnect_mid_stream_frees_the_engine(server_factory):
         await session.send("end", context_id="c")
         await session.first_audio(channel)
         assert state.worker.active_requests == 1
-    await wait_for(lambda: state.worker.active_requests == 0)
-    await wait_for(lambda: not state.runtime.connections)
-    metrics = server.get("/metrics").text
-    assert "chatterbox_active_connections 0.0" in metrics and "chatterbox_active_streams 0.0" in metrics
+    await wait_until_async(lambda: state.worker.active_requests == 0)
+    await wait_until_async(lambda: not state.runtime.connections)
+    metrics = metric_samples(server)
+    assert metrics["chatterbox_active_connections"] == 0 and metrics["chatterbox_active_streams"] == 0
 
 
 def stalled_socket(port: int) -> socket.socket:
@@ -95,7 +89,7 @@ async def test_slow_reader_is_dropped_without_stalling_other_connections(server_
         assert time.monotonic() - started < 5.0
 
         # Still not reading: more than send_buffer_s behind real time, the context is dropped.
-        await wait_for(lambda: server.app.state.runtime.open_contexts == 0, timeout=10)
+        await wait_until_async(lambda: server.app.state.runtime.open_contexts == 0, timeout=10)
         error = await slow.until("error", "s", timeout=30)
         assert error["code"] == "slow_consumer"
         assert not slow.frames_after(error, channel)

@@ -12,12 +12,11 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.engine.espeak import EspeakEngine
 from app.text.chunker import AdaptiveChunker, ChunkerConfig
 from fake_engines import ToneEngine
-from harness import make_settings, run_server
+from harness import make_settings, metric_samples, module_server, run_server, wait_until
 
 RATE = 24000
 TEXT = ("The quick brown fox jumps over the lazy dog. Then it runs into the forest, "
@@ -28,32 +27,13 @@ HELPERS_METRICS = ("chatterbox_ttfa_seconds", "chatterbox_rtf", "chatterbox_acti
                    "chatterbox_compile_seconds", "chatterbox_errors_total", "chatterbox_underruns_total")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with run_server(make_settings(tmp_path_factory.mktemp("http"))) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def tone_server(tmp_path_factory):
-    """A paced fake engine: 0.05 s of audio per character, 0.1 s of it per 20 ms step; "FAIL" fails."""
-    engine = ToneEngine(step_sleep_s=0.02)
-    with run_server(make_settings(tmp_path_factory.mktemp("tone")), engine=engine) as running:
-        yield running
+server = module_server()
+# A paced fake engine: 0.05 s of audio per character, 0.1 s of it per 20 ms step; "FAIL" fails.
+tone_server = module_server(engine=lambda: ToneEngine(step_sleep_s=0.02))
 
 
 def synthesize(server, **fields) -> httpx.Response:
     return server.post("/synthesize", json=fields)
-
-
-def metric_samples(server) -> dict[str, float]:
-    """Every sample of /metrics by name (labels appended as `name{k=v}`), through the Prometheus parser."""
-    samples = {}
-    for family in text_string_to_metric_families(server.get("/metrics").text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -227,13 +207,6 @@ def test_engine_failure_before_audio_is_a_500_and_mid_stream_cuts_the_response(t
     assert synthesize(tone_server, text="Still serving.").status_code == 200
 
 
-def wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("streaming", [True, False])
 def test_a_client_that_goes_away_frees_the_engine(tmp_path, streaming):
     engine = ToneEngine(endless=True, step_sleep_s=0.01)
@@ -249,7 +222,7 @@ def test_a_client_that_goes_away_frees_the_engine(tmp_path, streaming):
         else:
             with pytest.raises(httpx.ReadTimeout):  # an endless engine never finishes the file
                 httpx.post(server.base_url + "/synthesize", json=body, timeout=0.5)
-        wait_for(lambda: state.worker.active_requests == 0 and not engine.running)
+        wait_until(lambda: state.worker.active_requests == 0 and not engine.running)
         assert state.runtime.open_contexts == 0
         assert metric_samples(server)["chatterbox_active_streams"] == 0
 
@@ -260,7 +233,7 @@ def test_refused_with_503_while_warming_up_or_draining(tmp_path):
         warming = synthesize(server, text="Too early.")
         assert warming.status_code == 503 and warming.json()["error"]["code"] == "warming_up"
         warmup_gate.set()
-        wait_for(lambda: server.get("/ready").status_code == 200)
+        wait_until(lambda: server.get("/ready").status_code == 200)
         assert synthesize(server, text="Now it works.").status_code == 200
         server.app.state.runtime.draining = True
         draining = synthesize(server, text="Too late.")

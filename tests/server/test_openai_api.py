@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from app.engine.espeak import median_f0
-from harness import make_settings, run_server
+from audio_checks import s16le_to_float
+from harness import make_settings, module_server, run_server
 
 RATE = 24000
 TEXT = "Hello from the speech endpoint. It speaks like the one you know."
@@ -21,10 +22,7 @@ TEXT = "Hello from the speech endpoint. It speaks like the one you know."
 CONTAINERS = {"wav": ("WAV", RATE), "flac": ("FLAC", RATE), "mp3": ("MP3", RATE), "opus": ("OGG", RATE)}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with run_server(make_settings(tmp_path_factory.mktemp("openai"))) as running:
-        yield running
+server = module_server()
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +33,7 @@ def client(server):
 
 def decode(data: bytes, fmt: str) -> np.ndarray:
     if fmt == "pcm":
-        return np.frombuffer(data, "<i2").astype(np.float32) / 32768
+        return s16le_to_float(data)
     with sf.SoundFile(io.BytesIO(data)) as sound:
         assert (sound.format, sound.samplerate, sound.channels) == (*CONTAINERS[fmt], 1)
         return sound.read(dtype="float32")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from app.server.app import STATIC_DIR
 from fake_engines import ToneEngine
-from harness import make_settings, run_server
-from stream_session import open_session
+from harness import metric_samples, module_server, wait_until_async
+from stream_session import open_session, refused
 
 
 async def test_ready_is_503_until_the_engine_is_warm(server_factory):
@@ -22,16 +19,10 @@ async def test_ready_is_503_until_the_engine_is_warm(server_factory):
         assert server.get("/health").status_code == 200
         response = server.get("/ready")
         assert (response.status_code, response.json()) == (503, {"ready": False, "reason": "warming up"})
-        async with connect(server.ws_url) as ws:  # streams are refused until warm
-            with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(ws.recv(), 10)
-        assert closed.value.rcvd.code == 1013
+        assert (await refused(server.ws_url)).code == 1013  # streams are refused until warm
     finally:
         gate.set()
-    for _ in range(100):
-        if server.get("/ready").status_code == 200:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: server.get("/ready").status_code == 200)
     assert server.get("/ready").json() == {"ready": True}
 
 
@@ -41,15 +32,13 @@ async def test_metrics_and_status_reflect_a_stream(server_factory):
         await session.ws.send("not json")
         await session.until("error")
         await session.speak("m", "Counting what happens. Twice over.")
-    metrics = server.get("/metrics")
-    assert metrics.headers["content-type"].startswith("text/plain")
-    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-              for line in metrics.text.splitlines() if line and not line.startswith("#")}
+    assert server.get("/metrics").headers["content-type"].startswith("text/plain")
+    values = metric_samples(server)
     assert values["chatterbox_ttfa_seconds_count"] == 1
     assert values["chatterbox_rtf_count"] >= 1
     assert values["chatterbox_speech_tokens_total"] > 0
     assert values["chatterbox_batch_size_count"] > 0
-    assert values['chatterbox_errors_total{code="bad_json"}'] == 1
+    assert values["chatterbox_errors_total{code=bad_json}"] == 1
     assert values["chatterbox_underruns_total"] >= 0
     for gauge in ("chatterbox_active_streams", "chatterbox_queue_depth", "chatterbox_compile_seconds"):
         assert gauge in values
@@ -68,10 +57,7 @@ async def test_configure_streaming_sets_the_default_chunk_size_of_new_contexts(s
         assert session.ready["defaults"]["chunking"] == {"chunk_size": 120}
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    with run_server(make_settings(tmp_path_factory.mktemp("ops"))) as running:
-        yield running
+shared_server = module_server()
 
 
 @pytest.mark.parametrize("body", [{"chunk_size": 10}, {"chunk_size": 201}, {"chunk_size": "50"},

@@ -13,7 +13,7 @@ import pytest
 from app.engine.types import SAMPLE_RATE, EngineError, EngineRequest, GenerationSettings
 from app.engine.worker import EngineWorker
 from app.metrics import Metrics
-from app.server.pipeline import SPEECH_CHARS_PER_SECOND, AudioPiece, ChunkDone, ChunkPipeline, Marker
+from app.server.pipeline import SPEECH_CHARS_PER_SECOND, AudioPiece, ChunkDone, ChunkPipeline, Event, Marker
 from app.text.chunker import TextChunk
 from fake_engines import ToneEngine
 
@@ -45,8 +45,18 @@ def make_pipeline(worker: EngineWorker, metrics: Metrics, submitted: list[Engine
     return ChunkPipeline(services, "reply", voice="tone", settings=GenerationSettings(seed=3), priority=7)
 
 
-async def collect(pipeline: ChunkPipeline) -> list:
-    return [event async for event in pipeline.ordered()]
+def ended_reply(worker: EngineWorker, metrics: Metrics, *texts: str) -> ChunkPipeline:
+    """A pipeline with `texts` released as chunks 0, 1, ... and then ended."""
+    pipeline = make_pipeline(worker, metrics, [])
+    now = time.monotonic()
+    for index, text in enumerate(texts):
+        pipeline.release(chunk(index, text), now)
+    pipeline.mark(Marker.END)
+    return pipeline
+
+
+async def collect(events: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in events]
 
 
 def metric(metrics: Metrics, name: str) -> float:
@@ -62,7 +72,7 @@ async def test_chunks_synthesize_concurrently_and_come_back_in_order_with_marker
     second = pipeline.release(chunk(1, SHORT), now)
     blank = pipeline.release(chunk(2, ""), now)  # nothing to speak: no request
     pipeline.mark(Marker.END)
-    events = await asyncio.wait_for(collect(pipeline), 20)
+    events = await asyncio.wait_for(collect(pipeline.ordered()), 20)
 
     names = {first: "long", second: "short", blank: "blank"}
     labels = [event.value if isinstance(event, Marker)
@@ -93,35 +103,23 @@ async def test_chunks_synthesize_concurrently_and_come_back_in_order_with_marker
 
 async def test_a_failed_chunk_raises_its_engine_error_after_the_audio_before_it(worker):
     metrics = Metrics()
-    pipeline = make_pipeline(worker, metrics, [])
-    now = time.monotonic()
-    good = pipeline.release(chunk(0, SHORT), now)
-    pipeline.release(chunk(1, "This one will FAIL."), now)
-    pipeline.mark(Marker.END)
+    pipeline = ended_reply(worker, metrics, SHORT, "This one will FAIL.")
     events = []
     with pytest.raises(EngineError, match="injected failure"):
         async for event in pipeline.ordered():
             events.append(event)
-    assert isinstance(events[-1], ChunkDone) and events[-1].job is good
+    assert isinstance(events[-1], ChunkDone) and events[-1].job.chunk.text == SHORT
     assert metric(metrics, "chatterbox_rtf_count") == 1
 
 
 async def test_cancel_frees_the_engine_and_ends_the_audio_without_a_chunk_done(worker):
     metrics = Metrics()
-    pipeline = make_pipeline(worker, metrics, [])
-    now = time.monotonic()
-    pipeline.release(chunk(0, LONG * 20), now)  # 20 s of tone
-    pipeline.release(chunk(1, LONG), now)
-    pipeline.mark(Marker.END)
+    pipeline = ended_reply(worker, metrics, LONG * 20, LONG)  # 20 s of tone, then 1 s
     events = pipeline.ordered()
     assert isinstance(await anext(events), AudioPiece)
     assert worker.active_requests == 2
     pipeline.cancel()
-    rest = await asyncio.wait_for(collect_rest(events), 5)
+    rest = await asyncio.wait_for(collect(events), 5)
     assert all(isinstance(event, AudioPiece) for event in rest)
     assert worker.active_requests == 0 and pipeline.pending == []
     assert metric(metrics, "chatterbox_rtf_count") == 0
-
-
-async def collect_rest(events: AsyncIterator) -> list:
-    return [event async for event in events]
