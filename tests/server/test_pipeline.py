@@ -114,7 +114,7 @@ async def test_a_failed_chunk_raises_its_engine_error_after_the_audio_before_it(
 
 async def test_cancel_frees_the_engine_and_ends_the_audio_without_a_chunk_done(worker):
     metrics = Metrics()
-    pipeline = ended_reply(worker, metrics, LONG * 20, LONG)  # 20 s of tone, then 1 s
+    pipeline = ended_reply(worker, metrics, LONG * 20, LONG * 20)  # 20 s of tone each: about 2 s of steps
     events = pipeline.ordered()
     assert isinstance(await anext(events), AudioPiece)
     assert worker.active_requests == 2
