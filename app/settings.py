@@ -38,8 +38,9 @@ class Settings:
                       ("auto", "float32", "bfloat16", "float16"))
     enable_optimizations: bool = _opt(True, "Compile and capture CUDA graphs at start-up (falls back to eager "
                                             "with a logged reason on failure).")
-    compile_mode: str = _opt("reduce-overhead", "torch.compile mode for the optimized paths.",
-                             ("default", "reduce-overhead", "max-autotune"))
+    compile_mode: str = _opt("none", "`none`: capture the decode step as CUDA graphs directly (fastest start-up); "
+                                     "or a torch.compile mode for the optimized paths.",
+                             ("none", "default", "reduce-overhead", "max-autotune"))
     max_batch_size: int = _opt(64, "Most streams stepped together in one T3 decode step.")
     max_new_tokens: int = _opt(1000, "Cap on speech tokens per text chunk (40 s of audio).")
     cfm_steps: int = _opt(10, "Euler steps of S3Gen's flow-matching decoder (fewer is faster, rougher).")

@@ -177,7 +177,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-optimizations", action="store_true")
-    parser.add_argument("--compile-mode", default="reduce-overhead")
+    parser.add_argument("--compile-mode", default="none", help="none (direct CUDA graphs) or a torch.compile mode")
     parser.add_argument("--out", default=None, help="JSON path (default: bench/results/<device>/benchmark.json)")
     args = parser.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")

@@ -50,7 +50,7 @@ class ChatterboxEngine(Engine):
         self.enable_optimizations = enable_optimizations and device.startswith("cuda")
         self.decoder = T3Decoder(models.t3, max_batch=max_batch, device=device, dtype=getattr(torch, dtype),
                                  enable_cuda_graphs=self.enable_optimizations,
-                                 compile_mode=compile_mode if self.enable_optimizations else None)
+                                 compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None)
         self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=left_context)
         self.scheduler = Scheduler(max_running=max_batch)
         # Reading tokens back costs a device sync: on a GPU batch it over several steps.
@@ -226,6 +226,10 @@ class ChatterboxEngine(Engine):
                           "vocoder_overlap_frames": self.s3gen.vocoder_overlap},
                 "first_audio_tokens": self.first_audio_tokens, "audio_chunk_tokens": self.audio_chunk_tokens,
                 "queue_depth": self.scheduler.queue_depth, "running": len(self.scheduler.running)}
+
+
+def _torch_compile_mode(mode: str | None) -> str | None:
+    return None if mode in (None, "none") else mode
 
 
 def _with_exaggeration(cond: Any, exaggeration: float, device: str) -> Any:
