@@ -50,9 +50,12 @@ def test_streams_audio_in_chunks_before_generation_ends(engine):
 
 def test_fixed_seed_is_deterministic_even_when_batched(engine):
     alone = audio(run(engine, request("a", seed=7))["a"])
+    assert np.array_equal(alone, audio(run(engine, request("a2", seed=7))["a2"]))  # bit-exact when alone
     batched = run(engine, request("b", seed=7), request("c", seed=8, temperature=1.2))
-    assert np.array_equal(alone, audio(batched["b"]))
-    assert not np.array_equal(alone, audio(batched["c"]))
+    # Same tokens (T3 sampling is per-stream); S3Gen then runs both streams in one padded batch, whose float32
+    # sums may round differently in the last bits: ~1e-8 here, where a wrong token or noise slice gives ~1e-1.
+    assert np.abs(alone - audio(batched["b"])).max() < 1e-5
+    assert not np.allclose(alone[:len(audio(batched["c"]))], audio(batched["c"])[:len(alone)], atol=1e-3)
 
 
 def test_abort_frees_the_sequence_at_once(engine):
@@ -72,7 +75,7 @@ def test_concurrent_requests_with_different_voices_do_not_interfere(engine, tiny
     other = engine.embed_voice((0.3 * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32), 24000)
     default_alone = audio(run(engine, request("d", seed=3))["d"])
     mixed = run(engine, request("d2", seed=3), EngineRequest("o", TEXT, other, GenerationSettings(seed=3, fixed_tokens=40)))
-    assert np.array_equal(default_alone, audio(mixed["d2"]))
+    assert np.abs(default_alone - audio(mixed["d2"])).max() < 1e-5  # batched S3Gen: last-bit rounding only
     assert not np.array_equal(default_alone, audio(mixed["o"]))
 
 

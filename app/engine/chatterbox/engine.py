@@ -25,7 +25,7 @@ from app.engine.chatterbox.loader import ChatterboxModels, load_models
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer
 from app.engine.chatterbox.t3 import T3Decoder
 from app.engine.scheduler import Scheduler, Sequence
-from app.engine.types import EngineError, EngineInfo, EngineOutput, EngineRequest
+from app.engine.types import EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,19 @@ class ChatterboxEngine(Engine):
         self.decoder = T3Decoder(models.t3, max_batch=max_batch, device=device, dtype=getattr(torch, dtype),
                                  enable_cuda_graphs=self.enable_optimizations,
                                  compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None)
-        self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=left_context)
+        # S3Gen: bf16 estimator matmuls where the engine runs bf16 (encoder and vocoder stay float32), CUDA graphs
+        # per (batch, window) bucket when optimizing, several streams per flow and vocoder call.
+        self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=left_context,
+                                   dtype=dtype if device.startswith("cuda") else None,
+                                   compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None,
+                                   cuda_graphs=self.enable_optimizations, max_batch=min(max_batch, 32))
         self.scheduler = Scheduler(max_running=max_batch)
         # Reading tokens back costs a device sync: on a GPU batch it over several steps.
         self.sync_every = 8 if device.startswith("cuda") else 1
         self._unsynced_steps: list[tuple[list[Sequence], torch.Tensor]] = []
         self.watermarker = _make_watermarker() if watermark else None
         self.compile_seconds: float | None = None
+        self.s3gen_warmup: dict | None = None
         self.info = EngineInfo(name="chatterbox", device=device, dtype=dtype,
                                details={"checkpoint": str(models.directory), "size": models.size})
 
@@ -161,26 +167,31 @@ class ChatterboxEngine(Engine):
     # ---- audio --------------------------------------------------------------------------------------------
 
     def _decode_due_audio(self, batch: list[Sequence]) -> list[EngineOutput]:
-        outputs = []
-        for sequence in batch:  # already in urgency order
-            if not (sequence.finished or len(sequence.tokens) >= sequence.next_audio_at):
-                continue
-            try:
-                outputs.append(self._decode_audio(sequence))
-            except Exception as exc:  # one request's decode failure must not touch the others
-                log.exception("S3Gen decode failed for %s", sequence.request_id)
-                self.abort_request(sequence.request_id)
-                error = EngineError("engine_error", f"audio decode failed: {exc}")
-                outputs.append(EngineOutput(sequence.request_id, _EMPTY, finished=True, error=error))
-        return outputs
+        """One batched S3Gen call for every sequence due for audio (already in urgency order)."""
+        due = [s for s in batch if s.finished or len(s.tokens) >= s.next_audio_at]
+        if not due:
+            return []
+        items = [(s.state, _speech_tokens(s), s.finished) for s in due]
+        try:
+            pcms = self.s3gen.decode_many(items)
+        except Exception:  # no stream's state changed: find the failing one(s) by decoding one at a time
+            log.exception("batched S3Gen decode failed; retrying streams one by one")
+            return [self._decode_alone(sequence, item) for sequence, item in zip(due, items)]
+        return [self._audio_output(sequence, pcm) for sequence, pcm in zip(due, pcms)]
 
-    def _decode_audio(self, sequence: Sequence) -> EngineOutput:
-        speech = torch.tensor([t for t in sequence.tokens if t < SPEECH_VOCAB], dtype=torch.long)
+    def _decode_alone(self, sequence: Sequence, item: tuple) -> EngineOutput:
+        try:
+            return self._audio_output(sequence, self.s3gen.decode_many([item])[0])
+        except Exception as exc:  # one request's decode failure must not touch the others
+            log.exception("S3Gen decode failed for %s", sequence.request_id)
+            self.abort_request(sequence.request_id)
+            error = EngineError("engine_error", f"audio decode failed: {exc}")
+            return EngineOutput(sequence.request_id, _EMPTY, finished=True, error=error)
+
+    def _audio_output(self, sequence: Sequence, pcm: np.ndarray) -> EngineOutput:
         if sequence.finished:
-            pcm = self.s3gen.decode(sequence.state, speech, finalize=True) if len(speech) else _EMPTY
             self.abort_request(sequence.request_id)  # frees its rows
         else:
-            pcm = self.s3gen.decode(sequence.state, speech, finalize=False)
             sequence.next_audio_at = len(sequence.tokens) + self.audio_chunk_tokens
         if self.watermarker is not None and len(pcm):
             pcm = self.watermarker.apply_watermark(pcm, sample_rate=24_000).astype(np.float32)
@@ -212,20 +223,26 @@ class ChatterboxEngine(Engine):
     def warmup(self) -> None:
         started = time.perf_counter()
         self.decoder.warmup()
-        self._warm_s3gen()
+        self.s3gen_warmup = self.s3gen.warmup(first_chunk_tokens=self.first_audio_tokens)
+        self._warm_eager_paths()
         self.compile_seconds = time.perf_counter() - started
 
-    def _warm_s3gen(self) -> None:
-        stream = self.s3gen.open(self.default_voice().gen, seed=0)
-        tokens = torch.zeros(self.first_audio_tokens + self.s3gen.lookahead, dtype=torch.long)
-        self.s3gen.decode(stream, tokens, finalize=False)
+    def _warm_eager_paths(self) -> None:
+        """One short request end to end, so first-use costs (allocator, kernels) stay out of the first reply."""
+        self.add_request(EngineRequest("warmup", "Warm up.", None, GenerationSettings(seed=0, fixed_tokens=16)))
+        while self.has_unfinished():
+            self.step()
 
     def optimization_status(self) -> dict[str, Any]:
         return {**self.info.as_dict(), "t3": self.decoder.status(), "compile_seconds": self.compile_seconds,
-                "s3gen": {"cfm_steps": self.s3gen.cfm_steps, "left_context_tokens": self.s3gen.left_context,
-                          "vocoder_overlap_frames": self.s3gen.vocoder_overlap},
+                "s3gen": self.s3gen.status(),
                 "first_audio_tokens": self.first_audio_tokens, "audio_chunk_tokens": self.audio_chunk_tokens,
                 "queue_depth": self.scheduler.queue_depth, "running": len(self.scheduler.running)}
+
+
+def _speech_tokens(sequence: Sequence) -> torch.Tensor:
+    """The sequence's tokens S3Gen can voice (upstream drops the start/stop and other non-speech ids too)."""
+    return torch.tensor([t for t in sequence.tokens if t < SPEECH_VOCAB], dtype=torch.long)
 
 
 def _torch_compile_mode(mode: str | None) -> str | None:
