@@ -63,8 +63,14 @@ def parse_args() -> argparse.Namespace:
                         help="torch.compile mode of `compile` modes (captured in our own CUDA graphs)")
     parser.add_argument("--sweep-left-context", default="0,20,50,100", help="empty: no sweep")
     parser.add_argument("--sweep-cfm-steps", default="10,6,4")
-    parser.add_argument("--sweep-mode", default=None, help="execution:dtype of the sweep; default: first mode")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per RTF row; the fastest is kept")
+    parser.add_argument("--sweep-kind", choices=("stream", "cost"), default="stream",
+                        help="stream: decode the utterance per setting (cost and SNR); cost: time the encoder, one "
+                             "CFM step and the vocoder at each window the setting produces and add them up (no "
+                             "SNR; for slow devices, e.g. the full model on a CPU)")
+    parser.add_argument("--sweep-mode", default=None,
+                        help="execution:dtype of the sweep; default: graphs:bfloat16 if measured, else the first mode")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the fastest is kept")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out: rtf, quality, sweep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="default: var/bench/s3gen-<device>.json")
     return parser.parse_args()
@@ -106,21 +112,22 @@ def shorter_voice(voice: dict, tokens: int = 37) -> dict:
 # ---- streamers ------------------------------------------------------------------------------------------------
 
 
-def make_streamer(s3gen, mode: str, args: argparse.Namespace, max_batch: int, prompt_tokens: list[int],
+def make_streamer(s3gen, mode: str, args: argparse.Namespace, batch_sizes: list[int], prompt_tokens: list[int],
                   left_context: int | None = None, cfm_steps: int | None = None) -> tuple[S3GenStreamer, dict]:
     """A streamer for `mode`, warmed up on the shapes this benchmark produces, and its warm-up report."""
     execution, dtype = mode.split(":")
     left_context = args.left_context if left_context is None else left_context
     streamer = S3GenStreamer(s3gen, cfm_steps=cfm_steps or args.cfm_steps, left_context=left_context,
-                             dtype=dtype, max_batch=max_batch, cuda_graphs=execution != "eager",
+                             dtype=dtype, max_batch=max(batch_sizes), cuda_graphs=execution != "eager",
                              compile_mode=args.compile_mode if execution == "compile" else None)
     lookahead = streamer.lookahead
     longest_new = max(args.first, args.chunk) + lookahead
     context = left_context if left_context > 0 else args.tokens
     windows = range(min(prompt_tokens) + args.first, max(prompt_tokens) + context + longest_new + WINDOW_STEP,
                     WINDOW_STEP)
-    frames = [2 * args.first] + list(range(VOCODER_STEP, 2 * longest_new + 8 + 2 * VOCODER_STEP, VOCODER_STEP))
-    warm = streamer.warmup(batch_sizes=integers(args.streams) + [1], window_tokens=windows, vocoder_frames=frames)
+    frames = range(VOCODER_STEP, 2 * longest_new + 8 + 2 * VOCODER_STEP, VOCODER_STEP)
+    warm = streamer.warmup(batch_sizes=batch_sizes, window_tokens=windows, vocoder_frames=frames,
+                           first_chunk_tokens=args.first)
     return streamer, warm
 
 
@@ -154,7 +161,7 @@ def stream_together(streamer: S3GenStreamer, voices: list[dict], tokens: list[to
 
 def measure_rtf(s3gen, voices, mode, args, rows: list) -> S3GenStreamer:
     streams = integers(args.streams)
-    streamer, warm = make_streamer(s3gen, mode, args, max(streams), [v["prompt_token"].shape[1] for v in voices])
+    streamer, warm = make_streamer(s3gen, mode, args, streams + [1], [v["prompt_token"].shape[1] for v in voices])
     for count in streams:
         tokens = [random_tokens(args.tokens, args.seed + i) for i in range(count)]
         stream_together(streamer, voices, [t[: args.first + 2 * streamer.lookahead] for t in tokens], args.first,
@@ -197,7 +204,7 @@ def sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -
     whole = {}
     for n_steps in sorted(set(steps) | {10}, reverse=True):
         # left_context=0 prepares every window up to the whole utterance; each row then sets its own bound
-        streamer, _ = make_streamer(s3gen, mode, args, 1, prompt, left_context=0, cfm_steps=n_steps)
+        streamer, _ = make_streamer(s3gen, mode, args, [1], prompt, left_context=0, cfm_steps=n_steps)
         whole[n_steps] = streamer.decode_whole(streamer.open(voice, seed=args.seed), tokens)
         if n_steps not in steps:
             continue
@@ -205,9 +212,8 @@ def sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -
             streamer.left_context = context
             stream_chunks(streamer, streamer.open(voice, seed=args.seed + 1), tokens[: args.first + 6], args.first,
                           args.chunk)  # warm
-            started = time.perf_counter()
-            parts = stream_chunks(streamer, streamer.open(voice, seed=args.seed), tokens, args.first, args.chunk)
-            wall = time.perf_counter() - started
+            wall, parts = min((timed_stream(streamer, voice, tokens, args) for _ in range(args.repeats)),
+                              key=lambda result: result[0])
             quality = StreamingQuality.compare(parts, whole[n_steps], wall)
             row = {"table": "sweep", "mode": mode, "left_context": context, "cfm_steps": n_steps,
                    "stream_rtf": round(wall / (quality.samples_streamed / 24_000), 4),
@@ -216,6 +222,86 @@ def sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -
                    "edge_jump_ratio": round(quality.edge_jump_ratio, 3)}
             rows.append(row)
             print_row(row)
+
+
+def cost_sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -> None:
+    """Per-chunk cost from component timings: sum over the chunks of encoder(window) + steps x CFM step(window)
+    + vocoder(window), each timed once per distinct window (fastest of `--repeats`)."""
+    from app.engine.chatterbox import s3gen_compute as compute
+
+    contexts, steps = integers(args.sweep_left_context), integers(args.sweep_cfm_steps)
+    streamer, _ = make_streamer(s3gen, mode, args, [1], [voice["prompt_token"].shape[1]])
+    flow, device, dtype = streamer.flow, streamer.device, streamer.dtype
+    prompt = voice["prompt_token"].shape[1]
+    cfg = flow.decoder.inference_cfg_rate
+    timings: dict[tuple, float] = {}
+
+    def fastest(key: tuple, fn) -> float:
+        if key not in timings:
+            timings[key] = min(timed(fn, device) for _ in range(args.repeats))
+        return timings[key]
+
+    def encoder_and_step(width: int) -> tuple[float, float]:
+        tokens = random_tokens(width, args.seed).to(device)[None]
+        x = torch.randn(1, 80, 2 * width, device=device)
+        mask, speaker, t = torch.ones(1, 1, 2 * width, device=device), torch.randn(1, 80, device=device), x[0, 0, :2]
+        return (fastest(("encoder", width), lambda: compute.encode(flow, tokens, torch.tensor([width], device=device))),
+                fastest(("step", width), lambda: compute.cfm_step(flow.decoder.estimator, x, mask, x, speaker, x,
+                                                                  t[:1], t[1:], cfg, dtype)))
+
+    def vocoder(frames: int) -> float:
+        mels = torch.randn(1, 80, frames, device=device)
+        source = torch.zeros(1, 1, frames * 480, device=device)
+        return fastest(("vocoder", frames), lambda: compute.vocoder_waveform(
+            s3gen.mel2wav, *compute.vocoder_spectrum(s3gen.mel2wav, mels, source)))
+
+    with torch.inference_mode():
+        for context in contexts:
+            chunks = planned_chunks(prompt, args.tokens, args.first, args.chunk, context, streamer.lookahead)
+            parts = [(encoder_and_step(width), vocoder(frames)) for width, frames in chunks]
+            for n_steps in steps:
+                seconds = sum(encoder + n_steps * step + voc for (encoder, step), voc in parts)
+                row = {"table": "sweep", "mode": f"{mode} (cost model)", "left_context": context,
+                       "cfm_steps": n_steps, "stream_rtf": round(seconds / (args.tokens / TOKEN_RATE), 4),
+                       "windows": [width for width, _ in chunks],
+                       "cfm_step_s": [round(step, 4) for (_, step), _ in parts],
+                       "encoder_s": [round(encoder, 4) for (encoder, _), _ in parts],
+                       "vocoder_s": [round(voc, 4) for _, voc in parts]}
+                rows.append(row)
+                print_row(row)
+
+
+def planned_chunks(prompt: int, tokens: int, first: int, chunk: int, left_context: int, lookahead: int
+                   ) -> list[tuple[int, int]]:
+    """(flow window tokens, vocoder frames) per chunk of the streamed decode, as S3GenStreamer plans them."""
+    chunks, done = [], 0  # done: tokens whose frames were produced
+    counts = list(range(first + lookahead, tokens, chunk)) + [tokens]
+    for count in counts:
+        ready = count if count == tokens else count - lookahead
+        start = max(0, done - left_context) if left_context > 0 else 0
+        new_frames = 2 * (ready - done)
+        held = 0 if done == 0 else 8
+        frames = new_frames if done == 0 else -(-(held + new_frames) // VOCODER_STEP) * VOCODER_STEP
+        chunks.append((prompt + count - start, frames))
+        done = ready
+    return chunks
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def timed_stream(streamer: S3GenStreamer, voice: dict, tokens: torch.Tensor, args: argparse.Namespace
+                 ) -> tuple[float, list[np.ndarray]]:
+    started = time.perf_counter()
+    parts = stream_chunks(streamer, streamer.open(voice, seed=args.seed), tokens, args.first, args.chunk)
+    return time.perf_counter() - started, parts
 
 
 # ---- output ---------------------------------------------------------------------------------------------------
@@ -263,13 +349,18 @@ def main() -> None:
               "prompt_tokens": [v["prompt_token"].shape[1] for v in voices]}
     print(json.dumps(config))
     rows: list[dict] = []
-    streamers = {}
-    for mode in modes:
-        streamers[mode] = measure_rtf(s3gen, voices, mode, args, rows)
-    fp32 = next((s for m, s in streamers.items() if m.endswith(":float32")), None)
-    for mode, streamer in streamers.items():
-        measure_quality(streamer, fp32, voice, mode, args, rows)
-    sweep(s3gen, voice, args.sweep_mode or modes[0], args, rows)
+    skip = set(args.skip.split(","))
+    if not {"rtf", "quality"} <= skip:
+        streamers = {mode: measure_rtf(s3gen, voices, mode, args, rows) if "rtf" not in skip else
+                     make_streamer(s3gen, mode, args, [1], [v["prompt_token"].shape[1] for v in voices])[0]
+                     for mode in modes}
+        fp32 = next((s for m, s in streamers.items() if m.endswith(":float32")), None)
+        for mode, streamer in streamers.items():
+            if "quality" not in skip:
+                measure_quality(streamer, fp32, voice, mode, args, rows)
+    if "sweep" not in skip:
+        sweep_mode = args.sweep_mode or ("graphs:bfloat16" if "graphs:bfloat16" in modes else modes[0])
+        (sweep if args.sweep_kind == "stream" else cost_sweep)(s3gen, voice, sweep_mode, args, rows)
     path = args.json or Path("var/bench") / f"s3gen-{args.device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"config": config, "rows": rows}, indent=1))

@@ -19,14 +19,11 @@ attention masks pad keys, so padding changes a row's result only by float roundi
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-
-log = logging.getLogger(__name__)
 
 Tensors = tuple[torch.Tensor, ...]
 

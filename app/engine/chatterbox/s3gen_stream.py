@@ -140,8 +140,8 @@ class S3GenStreamer:
                  max_tokens: int = 4096, *, dtype: torch.dtype | str | None = None, compile_mode: str | None = None,
                  cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None):
         """`dtype`: precision of the flow estimator's matmuls and convolutions (autocast; default float32); the
-        encoder and the vocoder stay float32. `compile_mode`: torch.compile mode for the estimator step and the
-        vocoder, applied to shapes `warmup()` prepares (`reduce-overhead` means our CUDA graphs without
+        encoder and the vocoder stay float32. `compile_mode`: torch.compile mode for the CFM step (estimator),
+        applied to shapes `warmup()` prepares (`reduce-overhead` means our CUDA graphs without
         inductor, `max-autotune` inductor's max-autotune-no-cudagraphs inside our graphs). `cuda_graphs`:
         capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
         bucket lengths and batch sizes (default: on CUDA)."""
@@ -398,12 +398,12 @@ class S3GenStreamer:
         def spectrum(mels, source):
             return compute.vocoder_spectrum(hift, mels, source)
 
-        optimized_step, optimized_f0, optimized_spectrum = eager_step, f0, spectrum
+        optimized_step = eager_step
         if self.inductor_mode is not None:
-            shapes = 64 * 16  # batch buckets x window buckets, generously
+            # Only the CFM step: it is nearly all of S3Gen's compute, and inductor breaks the vocoder's graph at
+            # its STFT (measured on torch 2.11); CUDA graphs still remove the vocoder's launch overhead.
             try:
-                optimized_step, optimized_f0, optimized_spectrum = (
-                    compute.compile_function(fn, self.inductor_mode, shapes) for fn in (eager_step, f0, spectrum))
+                optimized_step = compute.compile_function(eager_step, self.inductor_mode, shapes=64 * 16)
             except Exception as exc:  # e.g. an unknown mode: serve without inductor, say why in status()
                 self._fallback_reason = f"torch.compile({self.inductor_mode!r}) failed: {type(exc).__name__}: {exc}"
                 log.warning("S3Gen streamer runs without torch.compile: %s", self._fallback_reason)
@@ -411,8 +411,8 @@ class S3GenStreamer:
         pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._flow_runner = compute.ShapeRunner(partial(self._solve, eager_step), partial(self._solve, optimized_step),
                                                 self.cuda_graphs, pool)
-        self._f0_runner = compute.ShapeRunner(f0, optimized_f0, self.cuda_graphs, pool)
-        self._spectrum_runner = compute.ShapeRunner(spectrum, optimized_spectrum, self.cuda_graphs, pool)
+        self._f0_runner = compute.ShapeRunner(f0, f0, self.cuda_graphs, pool)
+        self._spectrum_runner = compute.ShapeRunner(spectrum, spectrum, self.cuda_graphs, pool)
 
     def _runners(self) -> tuple[compute.ShapeRunner, ...]:
         return self._flow_runner, self._f0_runner, self._spectrum_runner
@@ -439,13 +439,14 @@ class S3GenStreamer:
 
     @torch.inference_mode()
     def warmup(self, batch_sizes: Iterable[int] | None = None, window_tokens: Iterable[int] | None = None,
-               vocoder_frames: Iterable[int] | None = None) -> dict:
+               vocoder_frames: Iterable[int] | None = None, first_chunk_tokens: int | None = None) -> dict:
         """Compile and/or capture the flow solver for every (batch, window) bucket and the vocoder for every
         (batch, vocoder window) bucket; a no-op without compile or CUDA graphs. Defaults: every batch bucket up
         to `max_batch`; windows of up to a 10 s prompt + `left_context` + 64 tokens; vocoder windows of every
-        multiple of VOCODER_STEP up to 8 of them. `vocoder_frames` are exact: a stream's first chunk is
-        vocoded at its own length (2 * its tokens), so add that. Returns what it prepared; a failure leaves
-        eager decoding, with the reason in `status()`."""
+        multiple of VOCODER_STEP up to 8 of them. `vocoder_frames` are exact; a stream's first chunk is
+        vocoded at its own length, so `first_chunk_tokens` (the engine's first_audio_tokens, without the
+        lookahead) adds that shape. Returns what it prepared; a failure leaves eager decoding, with the reason
+        in `status()`."""
         if not self.optimizing():
             return {"prepared": [], "seconds": 0.0, "fallback_reason": self._fallback_reason,
                     "note": "eager: no compile mode and no CUDA graphs"}
@@ -454,7 +455,8 @@ class S3GenStreamer:
         windows = sorted({_round_up(w, WINDOW_STEP) if self.static_shapes else w
                           for w in window_tokens or range(WINDOW_STEP, max_window + WINDOW_STEP, WINDOW_STEP)},
                          reverse=True)
-        vocoder = sorted(set(vocoder_frames or range(VOCODER_STEP, 8 * VOCODER_STEP + 1, VOCODER_STEP)),
+        vocoder = set(vocoder_frames or range(VOCODER_STEP, 8 * VOCODER_STEP + 1, VOCODER_STEP))
+        vocoder = sorted(vocoder | ({TOKEN_MEL_RATIO * first_chunk_tokens} if first_chunk_tokens else set()),
                          reverse=True)
         prepared, started = [], time.perf_counter()
         try:
