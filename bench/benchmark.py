@@ -125,7 +125,11 @@ def ours(checkpoint: str, device: str, dtype: str, streams: list[int], tokens: i
     engine.warmup()
     warmup_s = time.perf_counter() - started
     run_concurrent(engine, 1, min(tokens, 40), device)  # first-use costs out of the numbers
-    rows = [run_concurrent(engine, c, tokens, device) for c in streams]
+    print(f"ours: warm-up {warmup_s:.1f} s", flush=True)
+    rows = []
+    for count in streams:
+        rows.append(run_concurrent(engine, count, tokens, device))
+        print(f"ours: {rows[-1]}", flush=True)  # partial results survive a time limit
     status = engine.optimization_status()
     status["warmup_s"] = warmup_s
     return status, rows
@@ -186,6 +190,7 @@ def main() -> int:
               "tokens": args.tokens, "cfm_steps": args.cfm_steps, "torch": torch.__version__,
               "command": " ".join(sys.argv)}
     result["baseline"] = None if args.no_baseline else baseline(args.checkpoint, args.device, args.tokens, args.repeats)
+    print(f"baseline: {result['baseline']}", flush=True)
     result["status"], result["ours"] = ours(args.checkpoint, args.device, dtype, streams, args.tokens,
                                             args.cfm_steps, not args.no_optimizations, args.compile_mode)
     result["quality"] = quality(args.checkpoint, args.device, args.cfm_steps)

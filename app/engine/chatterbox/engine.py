@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 SPEECH_VOCAB = 6561  # real speech codes; 6561/6562 are start/stop
 STOP_SPEECH_TOKEN = 6562
 _EMPTY = np.zeros(0, dtype=np.float32)
+# Streams per S3Gen call. Warm-up captures a graph per (batch bucket, window) shape; with buckets up to 32 it did not
+# finish in 150 s on an H200, so larger batches are split into calls of this size.
+S3GEN_MAX_BATCH = 8
 
 
 class ChatterboxEngine(Engine):
@@ -56,7 +59,7 @@ class ChatterboxEngine(Engine):
         self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=left_context,
                                    dtype=dtype if device.startswith("cuda") else None,
                                    compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None,
-                                   cuda_graphs=self.enable_optimizations, max_batch=min(max_batch, 32))
+                                   cuda_graphs=self.enable_optimizations, max_batch=min(max_batch, S3GEN_MAX_BATCH))
         self.scheduler = Scheduler(max_running=max_batch)
         # Reading tokens back costs a device sync: on a GPU batch it over several steps.
         self.sync_every = 8 if device.startswith("cuda") else 1
