@@ -94,7 +94,7 @@ def test_padded_encoder_and_solver_rows_equal_unpadded_and_upstream(tiny_models,
         batch = [torch.cat([torch.cat([a, torch.randn(1, a.shape[1], pad)], 2),
                             torch.randn(1, a.shape[1], frames + pad)]) for a in (z, mu, cond)]
         batch_mask = torch.cat([torch.cat([mask, torch.zeros(1, 1, pad)], 2), torch.ones(1, 1, frames + pad)])
-        (solved,) = streamer._flow_runner(batch[0], batch[1], batch_mask, torch.cat([speaker, speaker]), batch[2])
+        solved = streamer._solve(batch[0], batch[1], batch_mask, torch.cat([speaker, speaker]), batch[2])
         assert torch.allclose(solved[:1, :, :frames], reference, atol=1e-4)
 
 
@@ -111,13 +111,14 @@ def test_vocoder_core_equals_upstream_decode(tiny_models):
 
 
 def test_captured_parts_have_no_host_syncs_or_host_tensors(tiny_models):
-    """What CUDA graphs capture (a CFM step, the vocoder up to its inverse STFT) runs on the meta device, where
-    a read-back to the host (`.item()`, as upstream's estimator does) or a tensor made on the host raises."""
+    """What CUDA graphs capture (the encoder, a CFM step, the vocoder up to its inverse STFT) runs on the meta
+    device, where a read-back to the host (`.item()`, as upstream's estimator does) or a host tensor raises."""
     import copy
 
     from app.engine.chatterbox import s3gen_compute as compute
 
-    estimator = copy.deepcopy(tiny_models.s3gen.flow.decoder.estimator).to("meta")
+    flow = copy.deepcopy(tiny_models.s3gen.flow).to("meta")
+    estimator = flow.decoder.estimator
     hift = copy.deepcopy(tiny_models.s3gen.mel2wav).to("meta")
     hift.stft_window = hift.stft_window.to("meta")
     x, mask = torch.randn(2, 80, 64, device="meta"), torch.ones(2, 1, 64, device="meta")
@@ -125,10 +126,13 @@ def test_captured_parts_have_no_host_syncs_or_host_tensors(tiny_models):
     t_span = torch.linspace(0, 1, 3, device="meta")
     mels, source = torch.randn(2, 80, 32, device="meta"), torch.randn(2, 1, 32 * 480, device="meta")
     with torch.inference_mode():
+        encoded = compute.encode(flow, torch.zeros(2, 32, dtype=torch.long, device="meta"),
+                                 torch.tensor([32, 20], device="meta"))
         stepped = compute.cfm_step(estimator, x, mask, x, speaker, x, t_span[:1], t_span[1:2], 0.7, None)
         f0 = compute.vocoder_f0(hift, mels)
         magnitude, _ = compute.vocoder_spectrum(hift, mels, source)
-    assert stepped.shape == x.shape and f0.shape == (2, 32 * 480) and magnitude.device.type == "meta"
+    assert encoded.shape == (2, 64, 80) and stepped.shape == x.shape and f0.shape == (2, 32 * 480)
+    assert magnitude.device.type == "meta"
 
 
 def test_decode_many_equals_decoding_each_stream_alone(tiny_models, other_voice, tokens):

@@ -197,8 +197,7 @@ class ShapeRunner:
         if side is not None:
             side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            for _ in range(2):  # compilation, cuBLAS/cuFFT plans and workspaces, the caching allocator
-                self.optimized(*args)
+            self.optimized(*args)  # compiles; creates cuBLAS/cuFFT plans and workspaces outside the capture
         if side is not None:
             torch.cuda.current_stream(device).wait_stream(side)
         if self.capture:

@@ -30,7 +30,6 @@ import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Iterable
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from app.engine.chatterbox import s3gen_compute as compute
+from app.engine.chatterbox.sampling import MASK32, mix32, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -268,16 +268,20 @@ class S3GenStreamer:
         lengths = torch.tensor([len(call.window) for call in calls], device=device)
         valid = torch.tensor([call.valid_frames for call in calls], device=device)
         mask = compute.padding_mask(valid, frames)[:, None].float()
-        mu = compute.encode(self.flow, tokens, lengths).transpose(1, 2).contiguous()
+        (mu,) = self._run("encoder", self._encoder_runner, tokens, lengths)
         speaker = torch.stack([call.stream.voice.speaker for call in calls])
-        (mels,) = self._run("flow", self._flow_runner, z, mu, mask, speaker, cond)
-        return mels
+        return self._solve(z, mu, mask, speaker, cond)
 
-    def _solve(self, step, z, mu, mask, speaker, cond) -> compute.Tensors:
+    def _solve(self, z: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, speaker: torch.Tensor,
+               cond: torch.Tensor) -> torch.Tensor:
+        """The Euler solver, one CFM step (one graph replay when captured) at a time."""
         x = z
         for i in range(self.cfm_steps):
-            x = step(x, mask, mu, speaker, cond, self._t_span[i:i + 1], self._t_span[i + 1:i + 2])
-        return (x,)
+            (x,) = self._run("flow", self._step_runner, x, mask, mu, speaker, cond, *self._step_times(i))
+        return x
+
+    def _step_times(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._t_span[step:step + 1], self._t_span[step + 1:step + 2]
 
     # ---- vocoder: batched by window length, continuous across chunks --------------------------------------
 
@@ -304,18 +308,31 @@ class S3GenStreamer:
         self._count("vocoder", len(group), rows)
         mels = torch.stack([window for _, (window, _) in group] + [group[0][1][0]] * (rows - len(group)))
         (f0,) = self._run("vocoder", self._f0_runner, mels)
-        sources, source_states = [], []
-        for i, (call, (window, context)) in enumerate(group):
-            stream, known = call.stream, context * SAMPLES_PER_MEL
-            excitation, state = stream.source.excite(f0[i, known:])
-            history = stream.source_history[stream.source_history.shape[0] - known:] if known else excitation[:0]
-            sources.append(torch.cat([history, excitation]))
-            source_states.append(state)
-        source = torch.stack(sources + [sources[0]] * (rows - len(group)))[:, None]
-        magnitude, phase = self._run("vocoder", self._spectrum_runner, mels, source)
+        source, source_states = self._vocoder_source(group, f0)
+        magnitude, phase = self._run("vocoder", self._spectrum_runner, mels, source[:, None])
         speech = compute.vocoder_waveform(self.hift, magnitude, phase).cpu()  # one copy; the rest is light work
-        return [self._emit(call, window, context, source[i, 0], speech[i], state)
+        return [self._emit(call, window, context, source[i], speech[i], state)
                 for i, ((call, (window, context)), state) in enumerate(zip(group, source_states))]
+
+    def _vocoder_source(self, group: list[tuple[_Call, tuple[torch.Tensor, int]]], f0: torch.Tensor
+                        ) -> tuple[torch.Tensor, list]:
+        """The excitation (rows, samples) over each vocoder window: the stored one over the context frames,
+        a new one (all rows in one batch) over the new frames; and each source's state after them."""
+        samples = f0.shape[1]
+        known = [context * SAMPLES_PER_MEL for _, (_, context) in group]
+        # Each row's new part, moved to the row's start (the tail past its length is never used)
+        shift = torch.tensor(known + [0] * (f0.shape[0] - len(group)), device=f0.device)[:, None]
+        columns = torch.arange(samples, device=f0.device)
+        new_f0 = f0.gather(1, (columns + shift).clamp(max=samples - 1))
+        excitation, states = HarmonicSource.excite([call.stream.source for call, _ in group], new_f0[:len(group)],
+                                                   [samples - k for k in known])
+        source = torch.empty_like(f0)
+        for i, ((call, _), k) in enumerate(zip(group, known)):
+            if k:
+                source[i, :k] = call.stream.source_history[-k:]
+            source[i, k:] = excitation[i, :samples - k]
+        source[len(group):] = source[0]  # batch padding rows
+        return source, states
 
     def _emit(self, call: _Call, window: torch.Tensor, context: int, source: torch.Tensor, speech: torch.Tensor,
               source_state: tuple):
@@ -386,11 +403,16 @@ class S3GenStreamer:
     # ---- compilation, CUDA graphs, warm-up ----------------------------------------------------------------
 
     def _build_runners(self) -> None:
-        estimator, cfg = self.flow.decoder.estimator, self.flow.decoder.inference_cfg_rate
+        """Encoder, CFM step and vocoder, each captured per shape: a step rather than the whole solve, so a
+        capture costs one step's launches and the graphs serve every `cfm_steps`."""
+        flow, estimator, cfg = self.flow, self.flow.decoder.estimator, self.flow.decoder.inference_cfg_rate
         hift, dtype = self.hift, self.dtype
 
+        def encoder(tokens, lengths):
+            return (compute.encode(flow, tokens, lengths).transpose(1, 2).contiguous(),)
+
         def eager_step(x, mask, mu, speaker, cond, t, r):
-            return compute.cfm_step(estimator, x, mask, mu, speaker, cond, t, r, cfg, dtype)
+            return (compute.cfm_step(estimator, x, mask, mu, speaker, cond, t, r, cfg, dtype),)
 
         def f0(mels):
             return (compute.vocoder_f0(hift, mels),)
@@ -409,13 +431,13 @@ class S3GenStreamer:
                 log.warning("S3Gen streamer runs without torch.compile: %s", self._fallback_reason)
                 self.compile_mode = self.inductor_mode = None
         pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
-        self._flow_runner = compute.ShapeRunner(partial(self._solve, eager_step), partial(self._solve, optimized_step),
-                                                self.cuda_graphs, pool)
+        self._encoder_runner = compute.ShapeRunner(encoder, encoder, self.cuda_graphs, pool)
+        self._step_runner = compute.ShapeRunner(eager_step, optimized_step, self.cuda_graphs, pool)
         self._f0_runner = compute.ShapeRunner(f0, f0, self.cuda_graphs, pool)
         self._spectrum_runner = compute.ShapeRunner(spectrum, spectrum, self.cuda_graphs, pool)
 
     def _runners(self) -> tuple[compute.ShapeRunner, ...]:
-        return self._flow_runner, self._f0_runner, self._spectrum_runner
+        return self._encoder_runner, self._step_runner, self._f0_runner, self._spectrum_runner
 
     def _run(self, stage: str, runner: compute.ShapeRunner, *args: torch.Tensor) -> compute.Tensors:
         """The runner's optimized path, or, if that fails, eager from now on (the failure is in `status()`)."""
@@ -462,7 +484,7 @@ class S3GenStreamer:
         try:
             for rows in batches:  # largest first: later captures reuse the graph pool's memory
                 for width in windows:
-                    seconds = compute.timed(lambda: self._flow_runner.prepare(*self._flow_example(rows, width)))
+                    seconds = compute.timed(lambda: self._prepare_flow(rows, width))
                     prepared.append({"stage": "flow", "batch": rows, "window_tokens": width, "seconds": seconds})
                 for frames in vocoder:
                     mels = torch.randn(rows, MEL_CHANNELS, frames, device=self.device)
@@ -478,11 +500,14 @@ class S3GenStreamer:
         return {"prepared": prepared, "seconds": round(self._warmup_seconds, 3),
                 "fallback_reason": self._fallback_reason}
 
-    def _flow_example(self, rows: int, width: int) -> compute.Tensors:
+    def _prepare_flow(self, rows: int, width: int) -> None:
         frames, device = TOKEN_MEL_RATIO * width, self.device
-        z = torch.randn(rows, MEL_CHANNELS, frames, device=device)
-        return z, torch.randn_like(z), torch.ones(rows, 1, frames, device=device), \
-            torch.randn(rows, MEL_CHANNELS, device=device), torch.zeros_like(z)
+        tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
+        self._encoder_runner.prepare(tokens, torch.full((rows,), width, device=device))
+        x = torch.randn(rows, MEL_CHANNELS, frames, device=device)
+        self._step_runner.prepare(x, torch.ones(rows, 1, frames, device=device), torch.randn_like(x),
+                                  torch.randn(rows, MEL_CHANNELS, device=device), torch.zeros_like(x),
+                                  *self._step_times(0))
 
     def _batch_buckets(self) -> list[int]:
         return [1 << i for i in range((self.max_batch - 1).bit_length() + 1)]
@@ -498,7 +523,7 @@ class S3GenStreamer:
             "inductor_mode": self.inductor_mode,
             "cuda_graphs": self.cuda_graphs,
             "static_shapes": self.static_shapes,
-            "prepared_flow_shapes": len(self._flow_runner.prepared),
+            "prepared_flow_shapes": len(self._step_runner.prepared),
             "prepared_vocoder_shapes": len(self._spectrum_runner.prepared),
             "warmup_seconds": round(self._warmup_seconds, 3),
             "fallback_reason": self._fallback_reason,
@@ -541,50 +566,64 @@ class HarmonicSource:
 
     Upstream's SineGen restarts the harmonic phase at every call and draws fresh random phases and noise, so
     two chunkings of one utterance excite the vocoder differently. Here the phase accumulates across calls and
-    the noise comes from fixed per-stream blocks indexed by sample position: the same f0 gives the same source
-    whether the utterance is vocoded whole or in pieces. `excite` computes, `advance` commits.
+    the noise is a counter-based hash of (stream, harmonic, sample position), as T3's sampling noise is: the
+    same f0 gives the same source whether the utterance is vocoded whole or in pieces, and many streams'
+    sources come from one batched computation on the device. `excite` computes, `advance` commits.
     """
 
-    NOISE_BLOCK = 4800  # samples per deterministic noise block (0.2 s)
+    _DRAW_SALT = 0x5BD1E995  # separates the two uniform draws of a Box-Muller pair
 
     def __init__(self, module, seed: int, device: torch.device):
         self.module = module  # chatterbox SourceModuleHnNSF: l_sin_gen (SineGen), l_linear, l_tanh
-        sine = module.l_sin_gen
-        self.n_harmonics = sine.harmonic_num + 1
-        self.sample_rate = sine.sampling_rate
-        self.seed = seed
-        self.device = device
+        n_harmonics = module.l_sin_gen.harmonic_num + 1
         generator = torch.Generator().manual_seed(seed)
-        offsets = (torch.rand(self.n_harmonics, 1, generator=generator) * 2 - 1) * torch.pi
+        offsets = (torch.rand(n_harmonics, 1, generator=generator) * 2 - 1) * torch.pi
         offsets[0] = 0  # as upstream: the fundamental starts at phase 0
         self.phase_offsets = offsets.to(device)
-        self.cycles = torch.zeros(self.n_harmonics, 1, dtype=torch.float64, device=device)
+        key = stream_key(seed)
+        self.keys = torch.tensor([mix32(key ^ mix32((2 * h + draw * self._DRAW_SALT) & MASK32))
+                                  for h in range(n_harmonics) for draw in (0, 1)], device=device).view(-1, 2)
+        self.cycles = torch.zeros(n_harmonics, 1, dtype=torch.float64, device=device)
         self.position = 0  # samples produced so far
 
-    def excite(self, f0: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, int]]:
-        """Excitation (len(f0),) for the next samples, given their f0 in Hz, and the state after them."""
-        sine = self.module.l_sin_gen
-        harmonics = torch.arange(1, self.n_harmonics + 1, device=f0.device, dtype=torch.float64)[:, None]
-        cycles = self.cycles + torch.cumsum(f0.double()[None] * harmonics / self.sample_rate, dim=1)
-        waves = sine.sine_amp * torch.sin(2 * torch.pi * (cycles % 1.0).float() + self.phase_offsets)
-        voiced = (f0 > sine.voiced_threshold).float()[None]
+    @staticmethod
+    def excite(sources: list["HarmonicSource"], f0: torch.Tensor, counts: list[int]
+               ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]]:
+        """Excitation (B, S) for the next `counts[i]` samples of each source, given their f0 in Hz (B, S) (past
+        a row's count, f0 and excitation are don't-care), and each source's state after them."""
+        module = sources[0].module
+        sine = module.l_sin_gen
+        n_harmonics = sine.harmonic_num + 1
+        harmonics = torch.arange(1, n_harmonics + 1, device=f0.device, dtype=torch.float64)[:, None]
+        start = torch.stack([source.cycles for source in sources])  # (B, H, 1)
+        cycles = start + torch.cumsum(f0.double()[:, None] * harmonics / sine.sampling_rate, dim=2)
+        offsets = torch.stack([source.phase_offsets for source in sources])
+        waves = sine.sine_amp * torch.sin(2 * torch.pi * (cycles % 1.0).float() + offsets)
+        voiced = (f0 > sine.voiced_threshold).float()[:, None]
         noise_amp = voiced * sine.noise_std + (1 - voiced) * sine.sine_amp / 3
-        waves = waves * voiced + noise_amp * self._noise(self.position, len(f0))
-        merged = self.module.l_tanh(self.module.l_linear(waves.T.to(self.module.l_linear.weight.dtype)))
-        return merged[:, 0].float(), (cycles[:, -1:] % 1.0, self.position + len(f0))
+        positions = torch.tensor([source.position for source in sources], device=f0.device)[:, None]
+        noise = _normal_noise(torch.stack([source.keys for source in sources]),
+                              positions + torch.arange(f0.shape[1], device=f0.device))
+        waves = waves * voiced + noise_amp * noise
+        merged = module.l_tanh(module.l_linear(waves.transpose(1, 2).to(module.l_linear.weight.dtype)))
+        states = [(cycles[i, :, count - 1:count] % 1.0 if count else source.cycles, source.position + count)
+                  for i, (source, count) in enumerate(zip(sources, counts))]
+        return merged[..., 0].float(), states
 
     def advance(self, state: tuple[torch.Tensor, int]) -> None:
         self.cycles, self.position = state
 
-    def _noise(self, position: int, length: int) -> torch.Tensor:
-        first, last = position // self.NOISE_BLOCK, (position + length - 1) // self.NOISE_BLOCK
-        blocks = [self._noise_block(k) for k in range(first, last + 1)]
-        offset = position - first * self.NOISE_BLOCK
-        return torch.cat(blocks, dim=1)[:, offset:offset + length]
 
-    def _noise_block(self, index: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
-        return torch.randn(self.n_harmonics, self.NOISE_BLOCK, generator=generator).to(self.device)
+def _normal_noise(keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, H, S) standard normals, a pure function of (key pair (B, H, 2), sample position (B, S)): Box-Muller
+    over two hashed uniforms in (0, 1)."""
+    hashed = mix32((positions & MASK32)[:, None])  # (B, 1, S)
+
+    def uniform(draw: int) -> torch.Tensor:
+        bits = mix32(hashed ^ keys[:, :, draw:draw + 1]) >> 8  # 24 bits: exact in float32
+        return (bits.to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+    return torch.sqrt(-2.0 * torch.log(uniform(0))) * torch.cos(2 * torch.pi * uniform(1))
 
 
 @dataclass(frozen=True)
