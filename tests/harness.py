@@ -34,7 +34,9 @@ from app.engine.base import Engine
 from app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 60.0
+# Warm-up includes librosa's first numba compile, which on a fresh install (no numba cache yet) on a busy 2-core
+# machine took over 60 s; later servers in the same run start in seconds.
+START_TIMEOUT_S = 240.0
 POLL_S = 0.02
 
 
