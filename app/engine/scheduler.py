@@ -23,6 +23,7 @@ class Sequence:
     unsynced: int = 0  # tokens sampled on the device but not yet read back
     samples_emitted: int = 0
     next_audio_at: int = 0  # token count at which the next audio chunk is decoded
+    token_limit: int = 0  # the most speech tokens it may produce (settings, engine cap, room left in its context)
     finished: bool = False
     state: Any = None  # model-runner state (e.g. the S3Gen stream)
 

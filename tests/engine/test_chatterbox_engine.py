@@ -134,3 +134,11 @@ async def test_worker_reports_engine_errors_per_request(engine):
         assert chunks[-1].finished
     finally:
         await worker.stop()
+
+
+def test_a_full_context_ends_the_request_instead_of_failing_the_step(engine, monkeypatch):
+    monkeypatch.setattr(engine.decoder, "tokens_left", lambda seq_id: 12)  # a long text left little room
+    outputs = run(engine, request("long", seed=1, tokens=40), request("other", seed=2, tokens=20))
+    assert outputs["long"][-1].finished and outputs["long"][-1].error is None
+    assert outputs["long"][-1].speech_tokens == 12
+    assert outputs["other"][-1].error is None

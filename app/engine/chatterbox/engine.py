@@ -137,12 +137,16 @@ class ChatterboxEngine(Engine):
         t3_cond = _with_exaggeration(voice.t3, request.settings.exaggeration, self.device)
         self.decoder.add(request.request_id, t3_cond, text_tokens, request.settings)
         sequence.state = self.s3gen.open(voice.gen, seed=request.settings.seed)
+        settings = request.settings
+        # A long text leaves less of the KV context for speech: stop there rather than fail the step for everyone.
+        sequence.token_limit = min(settings.fixed_tokens or min(settings.max_new_tokens, self.max_new_tokens),
+                                   self.decoder.tokens_left(request.request_id))
 
     # ---- token read-back and stop detection ---------------------------------------------------------------
 
     def _sync_due(self, batch: list[Sequence]) -> bool:
         return len(self._unsynced_steps) >= self.sync_every or any(
-            s.generated >= min(s.next_audio_at, self._token_limit(s)) for s in batch)
+            s.generated >= min(s.next_audio_at, s.token_limit) for s in batch)
 
     def _sync_tokens(self) -> None:
         steps, self._unsynced_steps = self._unsynced_steps, []
@@ -160,12 +164,9 @@ class ChatterboxEngine(Engine):
             sequence.finished = True
             return
         sequence.tokens.append(token)
-        if len(sequence.tokens) >= self._token_limit(sequence):
+        if len(sequence.tokens) >= sequence.token_limit:
             sequence.finished = True
 
-    def _token_limit(self, sequence: Sequence) -> int:
-        settings = sequence.request.settings
-        return settings.fixed_tokens or min(settings.max_new_tokens, self.max_new_tokens)
 
     # ---- audio --------------------------------------------------------------------------------------------
 
