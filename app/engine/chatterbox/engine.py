@@ -36,6 +36,7 @@ _EMPTY = np.zeros(0, dtype=np.float32)
 # Streams per S3Gen call. Warm-up captures a graph per (batch bucket, window) shape; with buckets up to 32 it did not
 # finish in 150 s on an H200, so larger batches are split into calls of this size.
 S3GEN_MAX_BATCH = 8
+CPU_MAX_BATCH = 4
 
 
 class ChatterboxEngine(Engine):
@@ -74,7 +75,10 @@ class ChatterboxEngine(Engine):
     def from_settings(cls, settings: Settings) -> "ChatterboxEngine":
         device = settings.resolved_device
         models = load_models(settings.checkpoint, device=device)
-        return cls(models, device=device, dtype=settings.resolved_dtype, max_batch=settings.max_batch_size,
+        # The KV cache is preallocated for every row: 64 full-size streams in float32 would need ~48 GB of host
+        # memory, and a CPU cannot step more than a few streams in real time anyway.
+        max_batch = settings.max_batch_size if device.startswith("cuda") else min(settings.max_batch_size, CPU_MAX_BATCH)
+        return cls(models, device=device, dtype=settings.resolved_dtype, max_batch=max_batch,
                    cfm_steps=settings.cfm_steps, left_context=settings.s3gen_left_context,
                    first_audio_tokens=settings.first_audio_tokens, audio_chunk_tokens=settings.audio_chunk_tokens,
                    max_new_tokens=settings.max_new_tokens, enable_optimizations=settings.enable_optimizations,
