@@ -41,7 +41,7 @@ class Settings:
     compile_mode: str = _opt("none", "`none`: capture the decode step as CUDA graphs directly (fastest start-up); "
                                      "or a torch.compile mode for the optimized paths.",
                              ("none", "default", "reduce-overhead", "max-autotune"))
-    max_batch_size: int = _opt(64, "Most streams stepped together in one T3 decode step.")
+    max_batch_size: int = _opt(64, "Most streams stepped together in one T3 decode step (at most 4 on a CPU).")
     max_new_tokens: int = _opt(1000, "Cap on speech tokens per text chunk (40 s of audio).")
     cfm_steps: int = _opt(10, "Euler steps of S3Gen's flow-matching decoder (fewer is faster, rougher).")
     s3gen_left_context: int = _opt(50, "Speech tokens of already-spoken left context each streaming S3Gen "
