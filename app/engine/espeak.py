@@ -130,7 +130,7 @@ class EspeakEngine(Engine):
             try:
                 running.pcm = self.synthesize(request.text, request.voice, request.settings)
             except EngineError as exc:
-                return EngineOutput(request.request_id, np.zeros(0, np.float32), finished=True, error=exc)
+                return EngineOutput.failed(request.request_id, exc)
         start = running.offset
         running.offset = min(start + SLICE_SAMPLES, running.pcm.size)
         return EngineOutput(request.request_id, running.pcm[start:running.offset],

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 SAMPLE_RATE = 24_000  # Chatterbox's S3Gen output rate; every engine speaks at it.
+EMPTY_PCM = np.zeros(0, dtype=np.float32)
 
 
 class EngineError(Exception):
@@ -117,6 +118,16 @@ class EngineOutput:
     finished: bool = False
     speech_tokens: int = 0  # tokens generated for this request so far
     error: EngineError | None = None
+
+    @classmethod
+    def failed(cls, request_id: str, error: EngineError) -> "EngineOutput":
+        """The last output of a request that failed: no audio, the error."""
+        return cls(request_id, EMPTY_PCM, finished=True, error=error)
+
+    @classmethod
+    def ended(cls, request_id: str) -> "EngineOutput":
+        """A final output with no audio (e.g. after a cancel)."""
+        return cls(request_id, EMPTY_PCM, finished=True)
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-import numpy as np
-
 from app.engine.base import Engine
 from app.engine.types import EngineError, EngineOutput, EngineRequest
 
 log = logging.getLogger(__name__)
-
-_EMPTY = np.zeros(0, dtype=np.float32)
 
 
 @dataclass
@@ -52,7 +48,7 @@ class RequestHandle:
             self.cancelled = True
             self.finished = True
             self._worker._abort(self.request_id)
-            self._queue.put_nowait(EngineOutput(self.request_id, _EMPTY, finished=True))
+            self._queue.put_nowait(EngineOutput.ended(self.request_id))
 
     def _deliver(self, output: EngineOutput) -> None:
         if not self.cancelled:
@@ -184,7 +180,7 @@ class EngineWorker:
         failed = []
         for request_id in list(self._handles):
             self.engine.abort_request(request_id)
-            failed.append(EngineOutput(request_id, _EMPTY, finished=True, error=error))
+            failed.append(EngineOutput.failed(request_id, error))
         return failed
 
     def _deliver_all(self, outputs: list[EngineOutput]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from chatterbox.models.s3tokenizer import SPEECH_VOCAB_SIZE  # real speech codes; start/stop come after
 
 from app.engine.base import Engine
 from app.engine.chatterbox.loader import ChatterboxModels, load_models
@@ -30,9 +31,6 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SPEECH_VOCAB = 6561  # real speech codes; 6561/6562 are start/stop
-STOP_SPEECH_TOKEN = 6562
-_EMPTY = np.zeros(0, dtype=np.float32)
 # Streams per S3Gen call. Warm-up captures a graph per (batch bucket, window) shape; with buckets up to 32 it did not
 # finish in 150 s on an H200, so larger batches are split into calls of this size.
 S3GEN_MAX_BATCH = 8
@@ -127,7 +125,7 @@ class ChatterboxEngine(Engine):
                 log.warning("prefill failed for %s: %s", sequence.request_id, exc)
                 self.abort_request(sequence.request_id)
                 error = exc if isinstance(exc, EngineError) else EngineError("engine_error", f"prefill failed: {exc}")
-                failed.append(EngineOutput(sequence.request_id, _EMPTY, finished=True, error=error))
+                failed.append(EngineOutput.failed(sequence.request_id, error))
         return failed
 
     def _free_sequences(self) -> int:
@@ -164,7 +162,7 @@ class ChatterboxEngine(Engine):
         if sequence.finished:
             return
         fixed = sequence.request.settings.fixed_tokens
-        if token == STOP_SPEECH_TOKEN and fixed is None:
+        if token == self.models.t3.hp.stop_speech_token and fixed is None:
             sequence.finished = True
             return
         sequence.tokens.append(token)
@@ -194,7 +192,7 @@ class ChatterboxEngine(Engine):
             log.exception("S3Gen decode failed for %s", sequence.request_id)
             self.abort_request(sequence.request_id)
             error = EngineError("engine_error", f"audio decode failed: {exc}")
-            return EngineOutput(sequence.request_id, _EMPTY, finished=True, error=error)
+            return EngineOutput.failed(sequence.request_id, error)
 
     def _audio_output(self, sequence: Sequence, pcm: np.ndarray) -> EngineOutput:
         if sequence.finished:
@@ -210,8 +208,6 @@ class ChatterboxEngine(Engine):
     # ---- voices -------------------------------------------------------------------------------------------
 
     def default_voice(self) -> Any:
-        if self.models.conds is None:
-            raise EngineError("unknown_voice", "this checkpoint has no built-in voice (conds.pt)")
         return self.models.conds
 
     @torch.inference_mode()
@@ -250,7 +246,7 @@ class ChatterboxEngine(Engine):
 
 def _speech_tokens(sequence: Sequence) -> torch.Tensor:
     """The sequence's tokens S3Gen can voice (upstream drops the start/stop and other non-speech ids too)."""
-    return torch.tensor([t for t in sequence.tokens if t < SPEECH_VOCAB], dtype=torch.long)
+    return torch.tensor([t for t in sequence.tokens if t < SPEECH_VOCAB_SIZE], dtype=torch.long)
 
 
 def _torch_compile_mode(mode: str | None) -> str | None:
