@@ -47,13 +47,13 @@ def _save_weights(module: torch.nn.Module, path: Path) -> None:
     save_file(state, str(path))
 
 
-def _write_default_voice(directory: Path) -> None:
+def _write_default_voice(directory: Path, ve: torch.nn.Module, t3: torch.nn.Module, s3gen: torch.nn.Module) -> None:
+    """conds.pt through upstream's own conditioning code, with the modules just written (no reload)."""
+    from chatterbox.models.tokenizers import EnTokenizer
     from chatterbox.tts import ChatterboxTTS
 
-    from app.engine.chatterbox.loader import load_models
-
-    models_ = load_models(str(directory), device="cpu", require_conds=False)
-    tts = ChatterboxTTS(models_.t3, models_.s3gen, models_.ve, models_.tokenizer, "cpu")
+    tokenizer = EnTokenizer(str(directory / "tokenizer.json"))
+    tts = ChatterboxTTS(t3.eval(), s3gen.eval(), ve.eval(), tokenizer, "cpu")
     tts.prepare_conditionals(str(REFERENCE_WAV), exaggeration=0.5)
     tts.conds.save(directory / "conds.pt")
 
@@ -63,11 +63,12 @@ def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0) -
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    ve, t3, s3gen = build_voice_encoder(size), build_t3(size), build_s3gen(size)
     with torch.no_grad():
-        _save_weights(build_voice_encoder(size), directory / "ve.safetensors")
-        _save_weights(build_t3(size), directory / "t3_cfg.safetensors")
-        _save_weights(build_s3gen(size), directory / "s3gen.safetensors")
+        _save_weights(ve, directory / "ve.safetensors")
+        _save_weights(t3, directory / "t3_cfg.safetensors")
+        _save_weights(s3gen, directory / "s3gen.safetensors")
     build_tokenizer().save(str(directory / "tokenizer.json"))
     (directory / SYNTHETIC_MARKER).write_text(json.dumps({"size": size, "seed": seed, "chatterbox_tts": "0.1.7"}))
-    _write_default_voice(directory)
+    _write_default_voice(directory, ve, t3, s3gen)
     return directory

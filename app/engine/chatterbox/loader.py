@@ -38,7 +38,7 @@ class ChatterboxModels:
     s3gen: Any
     ve: Any
     tokenizer: Any
-    conds: Any  # chatterbox.tts.Conditionals of the built-in voice, or None
+    conds: Any  # chatterbox.tts.Conditionals of the built-in voice
     size: Size
     directory: Path
     digest: str  # identifies the weights, so cached voice conditionings never cross checkpoints
@@ -57,9 +57,8 @@ def resolve_checkpoint(source: str) -> Path:
     return directory
 
 
-def check_layout(directory: Path, require_conds: bool = True) -> None:
-    needed = REQUIRED_FILES if require_conds else REQUIRED_FILES[:-1]
-    missing = [name for name in needed if not (directory / name).is_file()]
+def check_layout(directory: Path) -> None:
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {directory} is missing {', '.join(missing)} "
                               f"(expected {', '.join(REQUIRED_FILES)})")
@@ -125,18 +124,18 @@ def _digest(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_models(source: str, device: str = "cpu", require_conds: bool = True) -> ChatterboxModels:
+def load_models(source: str, device: str = "cpu") -> ChatterboxModels:
     """Build the modules for the checkpoint's size and load every file into them, in float32 on `device`
     (the engine casts what it runs in reduced precision)."""
     directory = resolve_checkpoint(source)
-    check_layout(directory, require_conds)
+    check_layout(directory)
     size = checkpoint_size(directory)
     ve, t3, s3gen = build_voice_encoder(size), build_t3(size), build_s3gen(size)
     _load_into(ve, directory / "ve.safetensors")
     _load_into(t3, directory / "t3_cfg.safetensors")
     _load_into(s3gen, directory / "s3gen.safetensors", optional=_S3GEN_OPTIONAL)
     tokenizer = _load_tokenizer(directory / "tokenizer.json")
-    conds = _load_conds(directory / "conds.pt", device) if (directory / "conds.pt").exists() else None
+    conds = _load_conds(directory / "conds.pt", device)
     for module in (ve, t3, s3gen):
         module.to(device).eval()
     return ChatterboxModels(t3, s3gen, ve, tokenizer, conds, size, directory, _digest(directory))
