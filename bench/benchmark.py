@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.chatterbox.engine import ChatterboxEngine  # noqa: E402
-from app.engine.chatterbox.loader import load_models  # noqa: E402
+from app.engine.chatterbox.loader import ChatterboxModels, load_models  # noqa: E402
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer, streaming_quality  # noqa: E402
 from app.engine.types import SAMPLE_RATE, EngineRequest, GenerationSettings  # noqa: E402
 
@@ -115,7 +115,7 @@ def run_concurrent(engine: ChatterboxEngine, streams: int, tokens: int, device: 
 
 
 def ours(checkpoint: str, device: str, dtype: str, streams: list[int], tokens: int, cfm_steps: int,
-         optimize: bool, compile_mode: str) -> tuple[dict, list[dict]]:
+         optimize: bool, compile_mode: str) -> tuple[dict, list[dict], ChatterboxModels]:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()  # the baseline's float32 copy is gone; measure ours alone
     models = load_models(checkpoint, device=device)
@@ -132,11 +132,11 @@ def ours(checkpoint: str, device: str, dtype: str, streams: list[int], tokens: i
         print(f"ours: {rows[-1]}", flush=True)  # partial results survive a time limit
     status = engine.optimization_status()
     status["warmup_s"] = warmup_s
-    return status, rows
+    return status, rows, models
 
 
-def quality(checkpoint: str, device: str, cfm_steps: int) -> dict:
-    models = load_models(checkpoint, device=device)
+def quality(models: ChatterboxModels, cfm_steps: int) -> dict:
+    """Streamed vs whole decode on the engine's own (float32) S3Gen module, through a plain eager streamer."""
     streamer = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=50)
     tokens = torch.randint(0, 6561, (150,), generator=torch.Generator().manual_seed(1))
     q = streaming_quality(streamer, models.conds.gen, tokens, first=10, chunk=40, seed=3)
@@ -191,9 +191,9 @@ def main() -> int:
               "command": " ".join(sys.argv)}
     result["baseline"] = None if args.no_baseline else baseline(args.checkpoint, args.device, args.tokens, args.repeats)
     print(f"baseline: {result['baseline']}", flush=True)
-    result["status"], result["ours"] = ours(args.checkpoint, args.device, dtype, streams, args.tokens,
-                                            args.cfm_steps, not args.no_optimizations, args.compile_mode)
-    result["quality"] = quality(args.checkpoint, args.device, args.cfm_steps)
+    result["status"], result["ours"], models = ours(args.checkpoint, args.device, dtype, streams, args.tokens,
+                                                    args.cfm_steps, not args.no_optimizations, args.compile_mode)
+    result["quality"] = quality(models, args.cfm_steps)
     result["peak_gpu_memory_gb"] = (torch.cuda.max_memory_allocated() / 1e9) if args.device.startswith("cuda") else None
     out = Path(args.out or Path(__file__).parent / "results" / result["device_name"].split(" (")[0].replace(" ", "-") / "benchmark.json")
     out.parent.mkdir(parents=True, exist_ok=True)
