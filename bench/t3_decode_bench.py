@@ -4,6 +4,9 @@ Random weights (the architecture is what costs time, not the values), one random
 per stream, as the server's default cfg_weight=0.5). For each mode and batch size it adds `batch` streams,
 runs a few warm-up steps, then times `--tokens` decode steps and prints tokens/s summed over the batch.
 
+Mode `kernels` counts the kernels one eager decode step dispatches (`bench/opcount.py`; any device): at batch 1
+a step is bound by that count, not by arithmetic, and CUDA graphs remove only the CPU's share of each launch.
+
 Upstream is `T3.inference` at batch 1 producing exactly `--tokens` tokens: its loop stops when the sampled
 token equals `t3.hp.stop_speech_token`, so the benchmark sets that id to -1 (no token can equal it) for the
 run and restores it afterwards. Its time includes its prefill, which is one forward and negligible at 100+
@@ -31,10 +34,11 @@ import torch  # noqa: E402
 from chatterbox.models.t3.modules.cond_enc import T3Cond  # noqa: E402
 
 from app.engine.chatterbox.arch import build_t3  # noqa: E402
+from bench.opcount import KernelCounter, count_kernels  # noqa: E402
 from app.engine.chatterbox.t3 import T3Decoder  # noqa: E402
 from app.engine.types import GenerationSettings  # noqa: E402
 
-MODES = ("eager", "graphs", "upstream", "compile")  # compile last: the slowest to get ready
+MODES = ("kernels", "eager", "graphs", "upstream", "compile")  # compile last: the slowest to get ready
 CUDA_ONLY = {"graphs": "CUDA graphs need CUDA", "compile": "compile mode reduce-overhead targets CUDA graphs"}
 
 
@@ -110,6 +114,34 @@ def time_upstream(t3, cond: T3Cond, args, device: torch.device) -> float:
     return elapsed
 
 
+def count_step_kernels(decoder: T3Decoder, cond: T3Cond, batch: int, args) -> dict:
+    """Kernels one eager decode step dispatches (views excluded), in all and per decoder layer."""
+    ids = [f"k{i}" for i in range(batch)]
+    for seq_id in ids:
+        settings = GenerationSettings(cfg_weight=args.cfg_weight, seed=0)
+        decoder.add(seq_id, cond, torch.randint(1, 700, (args.text_len,)), settings)
+    decoder.step(ids)
+    layers: list[KernelCounter] = []
+    layer_forward = decoder._layer_forward
+
+    def counted_layer(*layer_args):
+        with KernelCounter() as counter:
+            out = layer_forward(*layer_args)
+        layers.append(counter)
+        return out
+
+    decoder._layer_forward = counted_layer
+    try:
+        step = count_kernels(decoder.step, ids)
+    finally:
+        del decoder._layer_forward
+        for seq_id in ids:
+            decoder.remove(seq_id)
+    in_layers = sum(layer.total for layer in layers)
+    return {"kernels_per_step": step.total, "kernels_per_layer": layers[0].total,
+            "kernels_outside_layers": step.total - in_layers, "layer_ops": dict(layers[0].counts)}
+
+
 def build_decoder(mode: str, t3, args, device, dtype, batches: list[int]) -> T3Decoder:
     decoder = T3Decoder(t3, max_batch=max(batches), max_context=args.max_context, device=device, dtype=dtype,
                         enable_cuda_graphs=mode == "graphs",
@@ -124,7 +156,11 @@ def build_decoder(mode: str, t3, args, device, dtype, batches: list[int]) -> T3D
 
 
 def report(row: dict, json_path: Path | None) -> None:
-    if "tokens_per_s" in row:
+    if "kernels_per_step" in row:
+        print(f"{row['mode']:>9} batch {row['batch']:>3}: {row['kernels_per_step']} kernels per step, "
+              f"{row['kernels_per_layer']} per layer x {row['layers']}, {row['kernels_outside_layers']} outside "
+              f"(layer: {row['layer_ops']})", flush=True)
+    elif "tokens_per_s" in row:
         print(f"{row['mode']:>9} batch {row['batch']:>3}: {row['tokens_per_s']:10.1f} tokens/s "
               f"({row['ms_per_step']:.2f} ms/step)", flush=True)
     else:
@@ -172,6 +208,13 @@ def run_mode(mode: str, t3, cond: T3Cond, args, device: torch.device, dtype: tor
         elapsed = time_upstream(t3, cond, args, device)
         report({"mode": mode, "batch": 1, "tokens_per_s": args.tokens / elapsed,
                 "ms_per_step": 1000 * elapsed / args.tokens, "device": gpu}, args.json)
+        return
+    if mode == "kernels":
+        decoder = T3Decoder(t3, max_batch=max(batches), max_context=args.max_context, device=device, dtype=dtype,
+                            enable_cuda_graphs=False)
+        for batch in batches:
+            report({"mode": mode, "batch": batch, "layers": len(t3.tfmr.layers), "device": gpu,
+                    **count_step_kernels(decoder, cond, batch, args)}, args.json)
         return
     built = time.perf_counter()
     decoder = build_decoder(mode, t3, args, device, dtype, batches)

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from chatterbox.models.t3 import T3
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from torch import nn
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from app.engine.chatterbox import sampling
 from app.engine.types import EngineError, GenerationSettings
@@ -152,7 +151,10 @@ class T3Decoder:
         # casting T3 to bf16 also casts the module's inv_freq buffer, which would blur far positions.
         rotary = type(self._t3.tfmr.rotary_emb)(config=self._t3.cfg, device=dev)
         cos, sin = rotary(torch.zeros(1, device=dev), self._positions[None])
-        self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # (cache_len, head_dim)
+        half = self._head_dim // 2
+        sign = torch.cat([-torch.ones(half, device=dev), torch.ones(half, device=dev)])
+        # (cache_len, head_dim) each; rotate_half(x) * sin == roll(x, half) * (sign * sin), one kernel fewer.
+        self._cos, self._sin_signed = cos[0].to(self.dtype), (sin[0] * sign).to(self.dtype)
 
     @property
     def free_rows(self) -> int:
@@ -260,26 +262,32 @@ class T3Decoder:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
         x = embeds
-        cos, sin = self._cos[None, :length], self._sin[None, :length]
+        cos, sin_signed = self._cos[None, :length, None, None], self._sin_signed[None, :length, None, None]
         for layer in range(len(self._layers)):
-            x = self._layer_forward(layer, x, cos, sin, attend)
+            x = self._layer_forward(layer, x, cos, sin_signed, attend)
 
     # ------------------------------------------------------------------------------------- decode step
 
-    def _layer_forward(self, index: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def _layer_forward(self, index: int, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor,
                        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
                        ) -> torch.Tensor:
-        """One Llama decoder layer on (B, L, dim) with the layer's own weights; `attend` owns the KV cache."""
+        """One Llama decoder layer on (B, L, dim) with the layer's own weights; `attend` owns the KV cache.
+
+        The same math as upstream's `LlamaDecoderLayer` in fewer kernels, since a decode step is bound by their
+        count: fused q/k/v and gate/up projections, q and k rotated together, residual adds folded into the
+        output projections (`addmm`), and `F.rms_norm` (one fused kernel on CUDA). `cos`/`sin_signed`
+        broadcast against (B, L, 2, heads, head_dim)."""
         layer = self._layers[index]
         batch, length, _ = x.shape
-        h = layer.input_layernorm(x)
-        qkv = F.linear(h, self._wqkv[index]).view(batch, length, 3, self._heads, self._head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        attn = attend(index, q, k, v).transpose(1, 2).reshape(batch, length, self._heads * self._head_dim)
-        x = x + layer.self_attn.o_proj(attn)
-        gate, up = F.linear(layer.post_attention_layernorm(x), self._wgate_up[index]).chunk(2, dim=-1)
-        return x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+        qkv = F.linear(_rms_norm(x, layer.input_layernorm), self._wqkv[index])
+        qkv = qkv.view(batch, length, 3, self._heads, self._head_dim)
+        qk = qkv[:, :, :2]
+        qk = torch.addcmul(qk * cos, qk.roll(self._head_dim // 2, dims=-1), sin_signed)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        attn = attend(index, q, k, qkv[:, :, 2].transpose(1, 2)).transpose(1, 2)
+        x = _add_projection(x, attn.reshape(batch, length, -1), layer.self_attn.o_proj.weight)
+        gate, up = F.linear(_rms_norm(x, layer.post_attention_layernorm), self._wgate_up[index]).chunk(2, dim=-1)
+        return _add_projection(x, layer.mlp.act_fn(gate) * up, layer.mlp.down_proj.weight)
 
     def _decode(self, rows: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One token for each of the first `rows` rows, attending to the first `context` cache positions.
@@ -289,9 +297,12 @@ class T3Decoder:
         length, generated = ints[_LENGTH], ints[_GENERATED]
         t3 = self._t3
         x = (t3.speech_emb(self._last_token[:rows]) + t3.speech_pos_emb.emb(generated))[:, None]
-        cos, sin = self._cos[length][:, None], self._sin[length][:, None]
+        cos, sin_signed = self._cos[length][:, None, None, None], self._sin_signed[length][:, None, None, None]
         write_at = length.view(rows, 1, 1, 1).expand(rows, self._heads, 1, self._head_dim)
-        mask = (self._positions[None, :context] <= length[:, None]).view(rows, 1, 1, context)
+        # An additive mask built once per step (a boolean one is converted inside every layer's SDPA call).
+        hidden = (self._positions[None, :context] > length[:, None]).view(rows, 1, 1, context)
+        mask = torch.zeros(rows, 1, 1, context, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(hidden, -torch.inf)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = self._kv[layer, 0, :rows], self._kv[layer, 1, :rows]
@@ -300,8 +311,8 @@ class T3Decoder:
             return F.scaled_dot_product_attention(q, keys[:, :, :context], values[:, :, :context], attn_mask=mask)
 
         for layer in range(len(self._layers)):
-            x = self._layer_forward(layer, x, cos, sin, attend)
-        logits = t3.speech_head(t3.tfmr.norm(x[:, 0])).float()
+            x = self._layer_forward(layer, x, cos, sin_signed, attend)
+        logits = t3.speech_head(_rms_norm(x[:, 0], t3.tfmr.norm)).float()
         processed = sampling.process_logits(
             logits, partner=ints[_PARTNER], cfg_weight=floats[_CFG], seen=self._seen[:rows],
             repetition_penalty=floats[_REPETITION], temperature=floats[_TEMPERATURE], min_p=floats[_MIN_P],
@@ -505,6 +516,17 @@ def _fuse_linears(*linears: nn.Linear) -> torch.Tensor:
         linear.weight.data = fused[start:start + rows]
         start += rows
     return fused
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """Upstream's `LlamaRMSNorm` as one operator."""
+    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+
+
+def _add_projection(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`x + h @ weight.T` (a residual add and a bias-free Linear) as one GEMM."""
+    flat = torch.addmm(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1]), weight.t())
+    return flat.view(x.shape)
 
 
 def _buckets(limit: int, smallest: int) -> tuple[int, ...]:
