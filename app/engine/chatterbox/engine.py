@@ -50,6 +50,10 @@ class ChatterboxEngine(Engine):
         self.max_new_tokens = max_new_tokens
         self.synthetic_tokens_per_char = synthetic_tokens_per_char
         self.enable_optimizations = enable_optimizations and device.startswith("cuda")
+        if self.enable_optimizations:
+            # S3Gen's encoder and vocoder (and its estimator unless bf16) run in float32: let their matmuls use TF32
+            # tensor cores, as PyTorch already lets convolutions do by default.
+            torch.backends.cuda.matmul.allow_tf32 = True
         self.decoder = T3Decoder(models.t3, max_batch=max_batch, device=device, dtype=getattr(torch, dtype),
                                  enable_cuda_graphs=self.enable_optimizations,
                                  compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None)
@@ -239,6 +243,7 @@ class ChatterboxEngine(Engine):
 
     def optimization_status(self) -> dict[str, Any]:
         return {**self.info.as_dict(), "t3": self.decoder.status(), "compile_seconds": self.compile_seconds,
+                "float32_matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
                 "s3gen": self.s3gen.status(),
                 "first_audio_tokens": self.first_audio_tokens, "audio_chunk_tokens": self.audio_chunk_tokens,
                 "queue_depth": self.scheduler.queue_depth, "running": len(self.scheduler.running)}
