@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -37,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from app.engine.chatterbox import s3gen_compute as compute  # noqa: E402
 from app.engine.chatterbox.s3gen_stream import (  # noqa: E402
     VOCODER_STEP, WINDOW_STEP, S3GenStreamer, StreamingQuality, snr_db, stream_chunks, streaming_quality)
+from bench.opcount import count_kernels  # noqa: E402
 
 SPEECH_VOCAB = 6561
 TOKEN_RATE = 25  # speech tokens per second of audio
@@ -70,7 +73,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweep-mode", default=None,
                         help="execution:dtype of the sweep; default: graphs:bfloat16 if measured, else the first mode")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the fastest is kept")
-    parser.add_argument("--skip", default="", help="comma-separated sections to leave out: rtf, quality, sweep")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out: rtf, quality, kernels, sweep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="default: var/bench/s3gen-<device>.json")
     return parser.parse_args()
@@ -227,13 +230,10 @@ def sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -
 def cost_sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -> None:
     """Per-chunk cost from component timings: sum over the chunks of encoder(window) + steps x CFM step(window)
     + vocoder(window), each timed once per distinct window (fastest of `--repeats`)."""
-    from app.engine.chatterbox import s3gen_compute as compute
-
     contexts, steps = integers(args.sweep_left_context), integers(args.sweep_cfm_steps)
     streamer, _ = make_streamer(s3gen, mode, args, [1], [voice["prompt_token"].shape[1]])
-    flow, device, dtype = streamer.flow, streamer.device, streamer.dtype
+    flow, device = streamer.flow, streamer.device
     prompt = voice["prompt_token"].shape[1]
-    cfg = flow.decoder.inference_cfg_rate
     timings: dict[tuple, float] = {}
 
     def fastest(key: tuple, fn) -> float:
@@ -242,18 +242,11 @@ def cost_sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: li
         return timings[key]
 
     def encoder_and_step(width: int) -> tuple[float, float]:
-        tokens = random_tokens(width, args.seed).to(device)[None]
-        x = torch.randn(1, 80, 2 * width, device=device)
-        mask, speaker, t = torch.ones(1, 1, 2 * width, device=device), torch.randn(1, 80, device=device), x[0, 0, :2]
-        return (fastest(("encoder", width), lambda: compute.encode(flow, tokens, torch.tensor([width], device=device))),
-                fastest(("step", width), lambda: compute.cfm_step(flow.decoder.estimator, x, mask, x, speaker, x,
-                                                                  t[:1], t[1:], cfg, dtype)))
+        return (fastest(("encoder", width), encoder_call(flow, width, args.seed, device)),
+                fastest(("step", width), step_call(streamer, width)))
 
     def vocoder(frames: int) -> float:
-        mels = torch.randn(1, 80, frames, device=device)
-        source = torch.zeros(1, 1, frames * 480, device=device)
-        return fastest(("vocoder", frames), lambda: compute.vocoder_waveform(
-            s3gen.mel2wav, *compute.vocoder_spectrum(s3gen.mel2wav, mels, source)))
+        return fastest(("vocoder", frames), vocoder_call(s3gen.mel2wav, frames, device))
 
     with torch.inference_mode():
         for context in contexts:
@@ -269,6 +262,45 @@ def cost_sweep(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: li
                        "vocoder_s": [round(voc, 4) for _, voc in parts]}
                 rows.append(row)
                 print_row(row)
+
+
+def count_chunk_kernels(s3gen, voice: dict, mode: str, args: argparse.Namespace, rows: list) -> None:
+    """Kernels of the first chunk (one stream, eager): the encoder, one CFM step, the vocoder, and the chunk's
+    total with `--cfm-steps` steps. Small streaming windows are bound by this count, not by arithmetic."""
+    streamer, _ = make_streamer(s3gen, mode, args, [1], [voice["prompt_token"].shape[1]])
+    width, frames = planned_chunks(voice["prompt_token"].shape[1], args.tokens, args.first, args.chunk,
+                                   args.left_context, streamer.lookahead)[0]
+    counts = {"encoder": count_kernels(encoder_call(streamer.flow, width, args.seed, streamer.device)).total,
+              "cfm_step": count_kernels(step_call(streamer, width)).total,
+              "vocoder": count_kernels(vocoder_call(s3gen.mel2wav, frames, streamer.device)).total}
+    total = counts["encoder"] + args.cfm_steps * counts["cfm_step"] + counts["vocoder"]
+    row = {"table": "kernels", "mode": mode, "window_tokens": width, "vocoder_frames": frames, **counts,
+           "chunk_total": total}
+    rows.append(row)
+    print_row(row)
+
+
+def encoder_call(flow, width: int, seed: int, device: torch.device) -> Callable[[], object]:
+    """The flow encoder over a window of `width` random tokens, ready to run."""
+    tokens = random_tokens(width, seed).to(device)[None]
+    lengths = torch.tensor([width], device=device)
+    return lambda: compute.encode(flow, tokens, lengths)
+
+
+def step_call(streamer: S3GenStreamer, width: int) -> Callable[[], object]:
+    """One CFM step (the streamer's estimator at CFG batch 2) over a window of `width` tokens, ready to run."""
+    device = streamer.device
+    x = torch.randn(1, 80, 2 * width, device=device)
+    mask, speaker, t = torch.ones(1, 1, 2 * width, device=device), torch.randn(1, 80, device=device), x[0, 0, :2]
+    cfg = streamer.flow.decoder.inference_cfg_rate
+    return lambda: compute.cfm_step(streamer.estimator, x, mask, x, speaker, x, t[:1], t[1:], cfg)
+
+
+def vocoder_call(hift, frames: int, device: torch.device) -> Callable[[], object]:
+    """The vocoder (f0 source left silent) over `frames` mel frames, ready to run."""
+    mels = torch.randn(1, 80, frames, device=device)
+    source = torch.zeros(1, 1, frames * 480, device=device)
+    return lambda: compute.vocoder_waveform(hift, *compute.vocoder_spectrum(hift, mels, source))
 
 
 def planned_chunks(prompt: int, tokens: int, first: int, chunk: int, left_context: int, lookahead: int
@@ -311,6 +343,7 @@ COLUMNS = {
     "rtf": ["mode", "streams", "rtf", "stream_rtf", "chunk_ms_mean", "chunk_ms_max", "audio_s", "wall_s",
             "warmup_s", "fallback_reason"],
     "quality": ["mode", "snr_db", "edge_jump_ratio", "mel_rel_error_vs_fp32", "pcm_snr_vs_fp32_db"],
+    "kernels": ["mode", "window_tokens", "vocoder_frames", "encoder", "cfm_step", "vocoder", "chunk_total"],
     "sweep": ["mode", "left_context", "cfm_steps", "stream_rtf", "snr_vs_whole_same_steps_db",
               "snr_vs_whole_10_steps_db", "edge_jump_ratio"],
 }
@@ -358,6 +391,8 @@ def main() -> None:
         for mode, streamer in streamers.items():
             if "quality" not in skip:
                 measure_quality(streamer, fp32, voice, mode, args, rows)
+    if "kernels" not in skip:
+        count_chunk_kernels(s3gen, voice, modes[0], args, rows)
     if "sweep" not in skip:
         sweep_mode = args.sweep_mode or ("graphs:bfloat16" if "graphs:bfloat16" in modes else modes[0])
         (sweep if args.sweep_kind == "stream" else cost_sweep)(s3gen, voice, sweep_mode, args, rows)

@@ -128,10 +128,13 @@ def test_captured_parts_have_no_host_syncs_or_host_tensors(tiny_models):
     with torch.inference_mode():
         encoded = compute.encode(flow, torch.zeros(2, 32, dtype=torch.long, device="meta"),
                                  torch.tensor([32, 20], device="meta"))
-        stepped = compute.cfm_step(estimator, x, mask, x, speaker, x, t_span[:1], t_span[1:2], 0.7, None)
+        stepped = compute.cfm_step(estimator, x, mask, x, speaker, x, t_span[:1], t_span[1:2], 0.7)
+        reduced = compute.cfm_step(compute.estimator_in(estimator, torch.bfloat16), x, mask, x, speaker, x,
+                                   t_span[:1], t_span[1:2], 0.7)
         f0 = compute.vocoder_f0(hift, mels)
         magnitude, _ = compute.vocoder_spectrum(hift, mels, source)
     assert encoded.shape == (2, 64, 80) and stepped.shape == x.shape and f0.shape == (2, 32 * 480)
+    assert reduced.dtype == torch.float32  # the Euler update stays float32 around a bf16 estimator
     assert magnitude.device.type == "meta"
 
 
@@ -193,7 +196,8 @@ def test_a_compile_failure_falls_back_to_eager_with_its_reason(tiny_models, toke
 
 
 def test_bfloat16_estimator_stays_close_to_float32(tiny_models, tokens):
-    """CPU autocast stands in for CUDA bf16: the mels may differ, but only by a small relative error."""
+    """bf16 on the CPU stands in for CUDA bf16: the mels may differ, but only by a small relative error; the
+    model's own estimator keeps its float32 weights (the streamer runs a bf16 copy)."""
     def mels(dtype) -> torch.Tensor:
         streamer = S3GenStreamer(tiny_models.s3gen, cfm_steps=3, dtype=dtype)
         return streamer.whole_mels(streamer.open(tiny_models.conds.gen, seed=4), tokens[:40])
@@ -201,3 +205,4 @@ def test_bfloat16_estimator_stays_close_to_float32(tiny_models, tokens):
     reference, reduced = mels(None), mels("bfloat16")
     error = (reduced - reference).norm() / reference.norm()
     assert 0 < error < 0.05
+    assert next(tiny_models.s3gen.flow.decoder.estimator.parameters()).dtype == torch.float32

@@ -19,6 +19,7 @@ attention masks pad keys, so padding changes a row's result only by float roundi
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,8 +54,9 @@ def encode(flow, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 def estimator_forward(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
                       spks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """`ConditionalDecoder.forward` (non-meanflow) without host syncs. x, mu, cond (B, 80, T); mask (B, 1, T)."""
-    t = estimator.time_mlp(estimator.time_embeddings(t).to(t.dtype))
+    """`ConditionalDecoder.forward` (non-meanflow) without host syncs. x, mu, cond (B, 80, T); mask (B, 1, T);
+    all in the estimator's dtype except `t` (float32: its sinusoidal embedding needs the precision)."""
+    t = estimator.time_mlp(estimator.time_embeddings(t).to(x.dtype))
     x = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
     hiddens, masks = [], [mask]
     for resnet, blocks, downsample in estimator.down_blocks:
@@ -88,25 +90,27 @@ def _attend(blocks, x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> tor
 
 
 def cfm_step(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor,
-             cond: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cfg_rate: float,
-             autocast_dtype: torch.dtype | None) -> torch.Tensor:
+             cond: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cfg_rate: float) -> torch.Tensor:
     """One Euler step of `solve_euler` with classifier-free guidance: the conditional and unconditional halves
-    run as one batch of 2B rows. `t`, `r` are (1,) tensors so every step shares one compiled graph."""
-    batch = x.shape[0]
+    run as one batch of 2B rows. The estimator runs in its own weights' dtype, the update in float32 (x's).
+    `t`, `r` are (1,) float32 tensors so every step shares one compiled graph."""
+    batch, dtype = x.shape[0], next(estimator.parameters()).dtype
+    x_in, mu, spks, cond = (tensor.to(dtype) for tensor in (x, mu, spks, cond))
     zeros = torch.zeros_like
-    with _autocast(x.device, autocast_dtype):
-        velocity = estimator_forward(
-            estimator, torch.cat([x, x]), torch.cat([mask, mask]), torch.cat([mu, zeros(mu)]),
-            t.expand(2 * batch), torch.cat([spks, zeros(spks)]), torch.cat([cond, zeros(cond)]))
+    velocity = estimator_forward(
+        estimator, torch.cat([x_in, x_in]), torch.cat([mask, mask]).to(dtype), torch.cat([mu, zeros(mu)]),
+        t.expand(2 * batch), torch.cat([spks, zeros(spks)]), torch.cat([cond, zeros(cond)]))
     conditional, unconditional = velocity.float().split(batch)
     return x + (r - t) * ((1.0 + cfg_rate) * conditional - cfg_rate * unconditional)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def estimator_in(estimator, dtype: torch.dtype | None):
+    """The estimator to run in `dtype`: the module itself for float32, else a copy with its weights cast once.
+    (Autocast would re-cast every weight on every call, and could not cache those casts across CUDA graph
+    replays: it nearly doubled a CFM step's kernels, 1107 -> 2062 at full size.)"""
     if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    # No cast cache: cached casts made during a CUDA graph capture would not survive it
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
+        return estimator
+    return copy.deepcopy(estimator).to(dtype)
 
 
 def cfm_time_span(steps: int, scheduler: str, device: torch.device) -> torch.Tensor:

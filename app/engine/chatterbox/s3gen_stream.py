@@ -139,8 +139,8 @@ class S3GenStreamer:
     def __init__(self, s3gen, cfm_steps: int = 10, left_context: int = 50, vocoder_overlap: int = 8,
                  max_tokens: int = 4096, *, dtype: torch.dtype | str | None = None, compile_mode: str | None = None,
                  cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None):
-        """`dtype`: precision of the flow estimator's matmuls and convolutions (autocast; default float32); the
-        encoder and the vocoder stay float32. `compile_mode`: torch.compile mode for the CFM step (estimator),
+        """`dtype`: precision of the flow estimator (a copy of it with its weights in that dtype; default
+        float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: torch.compile mode for the CFM step (estimator),
         applied to shapes `warmup()` prepares (`reduce-overhead` means our CUDA graphs without
         inductor, `max-autotune` inductor's max-autotune-no-cudagraphs inside our graphs). `cuda_graphs`:
         capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
@@ -159,6 +159,7 @@ class S3GenStreamer:
         device = self.device
         self.static_shapes = device.type == "cuda" if static_shapes is None else static_shapes
         self.dtype = _resolve_dtype(dtype)
+        self.estimator = compute.estimator_in(self.flow.decoder.estimator, self.dtype)
         self.compile_mode = compile_mode
         self.inductor_mode = compute.INDUCTOR_MODES.get(compile_mode, compile_mode)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
@@ -405,14 +406,13 @@ class S3GenStreamer:
     def _build_runners(self) -> None:
         """Encoder, CFM step and vocoder, each captured per shape: a step rather than the whole solve, so a
         capture costs one step's launches and the graphs serve every `cfm_steps`."""
-        flow, estimator, cfg = self.flow, self.flow.decoder.estimator, self.flow.decoder.inference_cfg_rate
-        hift, dtype = self.hift, self.dtype
+        flow, estimator, cfg, hift = self.flow, self.estimator, self.flow.decoder.inference_cfg_rate, self.hift
 
         def encoder(tokens, lengths):
             return (compute.encode(flow, tokens, lengths).transpose(1, 2).contiguous(),)
 
         def eager_step(x, mask, mu, speaker, cond, t, r):
-            return (compute.cfm_step(estimator, x, mask, mu, speaker, cond, t, r, cfg, dtype),)
+            return (compute.cfm_step(estimator, x, mask, mu, speaker, cond, t, r, cfg),)
 
         def f0(mels):
             return (compute.vocoder_f0(hift, mels),)
