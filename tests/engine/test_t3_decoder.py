@@ -297,6 +297,21 @@ def test_sampling_draws_from_the_softmax_and_depends_only_on_key_and_counter():
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.mark.slow
+def test_torch_compiled_decode_samples_the_same_tokens_as_eager(t3, cond):
+    """inductor's fused kernels (C++ on the CPU here) sample what eager samples, with CFG and CFG-less rows and a
+    stream that sits out some steps (about a minute of compiling)."""
+    def tokens(compile_mode):
+        dec = decoder(t3, compile_mode=compile_mode)
+        dec.add("a", cond, text_ids(20, seed=3), GenerationSettings(cfg_weight=0.5, seed=3))
+        dec.add("b", cond, text_ids(9, seed=4), GenerationSettings(cfg_weight=0.0, seed=4))
+        steps = [dec.step(["a", "b"] if i % 3 else ["a"]).tolist() for i in range(12)]
+        assert dec.status()["fallback_reason"] is None
+        return steps
+
+    assert tokens("default") == tokens(None)
+
+
 def fresh_tiny_t3():
     torch.manual_seed(0)
     return build_t3("tiny").eval()
