@@ -129,7 +129,7 @@ def test_captured_parts_have_no_host_syncs_or_host_tensors(tiny_models):
         encoded = compute.encode(flow, torch.zeros(2, 32, dtype=torch.long, device="meta"),
                                  torch.tensor([32, 20], device="meta"))
         stepped = compute.cfm_step(estimator, x, mask, x, speaker, x, t_span[:1], t_span[1:2], 0.7)
-        reduced = compute.cfm_step(compute.estimator_in(estimator, torch.bfloat16), x, mask, x, speaker, x,
+        reduced = compute.cfm_step(compute.prepare_estimator(estimator, torch.bfloat16), x, mask, x, speaker, x,
                                    t_span[:1], t_span[1:2], 0.7)
         f0 = compute.vocoder_f0(hift, mels)
         magnitude, _ = compute.vocoder_spectrum(hift, mels, source)

@@ -159,7 +159,7 @@ class S3GenStreamer:
         device = self.device
         self.static_shapes = device.type == "cuda" if static_shapes is None else static_shapes
         self.dtype = _resolve_dtype(dtype)
-        self.estimator = compute.estimator_in(self.flow.decoder.estimator, self.dtype)
+        self.estimator = compute.prepare_estimator(self.flow.decoder.estimator, self.dtype)
         self.compile_mode = compile_mode
         self.inductor_mode = compute.INDUCTOR_MODES.get(compile_mode, compile_mode)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
