@@ -11,7 +11,7 @@
 #
 # Order: checkpoint; correctness (GPU tests); T3 decode (kernel count, CUDA graphs, eager, upstream); end to
 # end against upstream generate; S3Gen (bf16 + graphs, fp32 eager); the server under load; T3 under
-# torch.compile reduce-overhead (the other graph mechanism, to keep the faster).
+# torch.compile (inductor kernels inside our CUDA graphs, to keep the faster).
 set -u
 OUT=${OUT:-var/gpu-run}
 RES=${RES:-/tmp/results}
@@ -74,7 +74,7 @@ TAIL=40 step e2e 170 $PY bench/benchmark.py --checkpoint "$CKPT" --device $DEVIC
 step s3gen_bench 90 $PY bench/s3gen_bench.py $S3_ARGS --modes $S3_MODES --tokens 200 --repeats 1 --skip sweep \
     --json "$RES/s3gen_bench.json"
 serve_and_load
-[ "$DEVICE" = cuda ] && step t3_compile 120 $PY bench/t3_decode_bench.py --modes compile --compile-mode reduce-overhead \
+[ "$DEVICE" = cuda ] && step t3_compile 120 $PY bench/t3_decode_bench.py --modes compile --compile-mode default \
     $T3_ARGS --json "$RES/t3_bench.jsonl"
 
 tar -czf "$OUT/results.tar.gz" -C "$RES" .
