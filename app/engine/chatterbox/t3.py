@@ -340,7 +340,7 @@ class T3Decoder:
         if graph is not None:
             graph.graph.replay()
             return graph.outputs
-        if self._step_fn is self._decode:
+        if self.compile_mode is None:
             return self._decode(rows, context)
         try:
             if self._compile_owns_graphs():
