@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.chatterbox.s3gen_stream import S3GenStreamer, streaming_quality
+from app.engine.chatterbox.s3gen_stream import S3GenStreamer, stream_chunks, streaming_quality
 
 TOKENS = 110
 
@@ -176,6 +176,19 @@ def test_voice_tensors_are_computed_once_per_voice(tiny_models, other_voice):
     assert first.voice is second.voice and third.voice is not first.voice
     assert streamer.status()["voice_cache"] == {"voices": 2, "hits": 1, "misses": 2}
     assert third.voice.prompt_tokens == tiny_models.conds.gen["prompt_token"].shape[1] - 37
+
+
+def test_a_shorter_prompt_conditions_on_the_voices_first_tokens(tiny_models, tokens):
+    full = S3GenStreamer(tiny_models.s3gen, cfm_steps=2)
+    short = S3GenStreamer(tiny_models.s3gen, cfm_steps=2, prompt_tokens=50)
+    ref = tiny_models.conds.gen
+    long_voice, voice = full.open(ref, seed=1).voice, short.open(ref, seed=1).voice
+    assert voice.prompt_tokens == 50 and voice.prompt_feat.shape[1] == 100
+    assert torch.equal(voice.prompt_token, long_voice.prompt_token[:50])
+    assert torch.equal(voice.prompt_feat, long_voice.prompt_feat[:, :100])
+    pcm = [np.concatenate(stream_chunks(s, s.open(ref, seed=3), tokens[:40], 10, 20)) for s in (full, short)]
+    assert len(pcm[0]) == len(pcm[1]) == 40 * 960  # the same speech, conditioned differently
+    assert not np.allclose(pcm[0], pcm[1], atol=1e-3)
 
 
 def test_a_compile_failure_falls_back_to_eager_with_its_reason(tiny_models, tokens, monkeypatch):

@@ -42,7 +42,7 @@ class ChatterboxEngine(Engine):
                  max_batch: int = 64, cfm_steps: int = 10, left_context: int = 50,
                  first_audio_tokens: int = 10, audio_chunk_tokens: int = 40, max_new_tokens: int = 1000,
                  enable_optimizations: bool = True, compile_mode: str | None = None, watermark: bool = False,
-                 synthetic_tokens_per_char: float = 0.0):
+                 synthetic_tokens_per_char: float = 0.0, s3gen_prompt_tokens: int = 250):
         self.models = models
         self.device = device
         self.first_audio_tokens = first_audio_tokens
@@ -62,7 +62,8 @@ class ChatterboxEngine(Engine):
         self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=left_context,
                                    dtype=dtype if device.startswith("cuda") else None,
                                    compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None,
-                                   cuda_graphs=self.enable_optimizations, max_batch=min(max_batch, S3GEN_MAX_BATCH))
+                                   cuda_graphs=self.enable_optimizations, max_batch=min(max_batch, S3GEN_MAX_BATCH),
+                                   prompt_tokens=s3gen_prompt_tokens)
         self.scheduler = Scheduler(max_running=max_batch)
         # Reading tokens back costs a device sync: on a GPU batch it over several steps.
         self.sync_every = 8 if device.startswith("cuda") else 1
@@ -85,7 +86,8 @@ class ChatterboxEngine(Engine):
                    first_audio_tokens=settings.first_audio_tokens, audio_chunk_tokens=settings.audio_chunk_tokens,
                    max_new_tokens=settings.max_new_tokens, enable_optimizations=settings.enable_optimizations,
                    compile_mode=settings.compile_mode, watermark=settings.watermark,
-                   synthetic_tokens_per_char=settings.synthetic_tokens_per_char)
+                   synthetic_tokens_per_char=settings.synthetic_tokens_per_char,
+                   s3gen_prompt_tokens=settings.s3gen_prompt_tokens)
 
     # ---- Engine contract ----------------------------------------------------------------------------------
 

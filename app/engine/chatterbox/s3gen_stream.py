@@ -138,13 +138,15 @@ class S3GenStreamer:
 
     def __init__(self, s3gen, cfm_steps: int = 10, left_context: int = 50, vocoder_overlap: int = 8,
                  max_tokens: int = 4096, *, dtype: torch.dtype | str | None = None, compile_mode: str | None = None,
-                 cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None):
+                 cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None,
+                 prompt_tokens: int = MAX_PROMPT_TOKENS):
         """`dtype`: precision of the flow estimator (a copy of it with its weights in that dtype; default
         float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: torch.compile mode for the CFM step (estimator),
         applied to shapes `warmup()` prepares (`reduce-overhead` means our CUDA graphs without
         inductor, `max-autotune` inductor's max-autotune-no-cudagraphs inside our graphs). `cuda_graphs`:
         capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
-        bucket lengths and batch sizes (default: on CUDA)."""
+        bucket lengths and batch sizes (default: on CUDA). `prompt_tokens`: most tokens of a voice's prompt
+        (and their mels) conditioning the flow, from its start as upstream cuts the reference."""
         self.s3gen = s3gen
         self.flow = s3gen.flow
         self.hift = s3gen.mel2wav
@@ -156,6 +158,7 @@ class S3GenStreamer:
         self.max_tokens = max_tokens
         self.lookahead = self.flow.pre_lookahead_len
         self.max_batch = max_batch
+        self.prompt_tokens = prompt_tokens
         device = self.device
         self.static_shapes = device.type == "cuda" if static_shapes is None else static_shapes
         self.dtype = _resolve_dtype(dtype)
@@ -193,7 +196,8 @@ class S3GenStreamer:
         device = self.device
         prompt_token = ref["prompt_token"].to(device).long().reshape(-1)
         prompt_feat = ref["prompt_feat"].to(device, torch.float32).reshape(-1, MEL_CHANNELS)
-        n_tokens = min(prompt_token.shape[0], prompt_feat.shape[0] // TOKEN_MEL_RATIO)  # embed_ref's alignment
+        # embed_ref's alignment of tokens to mel frames, cut to the configured prompt length
+        n_tokens = min(prompt_token.shape[0], prompt_feat.shape[0] // TOKEN_MEL_RATIO, self.prompt_tokens)
         embedding = F.normalize(ref["embedding"].to(device, torch.float32).reshape(1, -1), dim=1)
         with torch.inference_mode():
             speaker = self.flow.spk_embed_affine_layer(embedding)[0]
@@ -464,7 +468,7 @@ class S3GenStreamer:
                vocoder_frames: Iterable[int] | None = None, first_chunk_tokens: int | None = None) -> dict:
         """Compile and/or capture the flow solver for every (batch, window) bucket and the vocoder for every
         (batch, vocoder window) bucket; a no-op without compile or CUDA graphs. Defaults: every batch bucket up
-        to `max_batch`; windows of up to a 10 s prompt + `left_context` + 64 tokens; vocoder windows of every
+        to `max_batch`; windows of up to `prompt_tokens` + `left_context` + 64 tokens; vocoder windows of every
         multiple of VOCODER_STEP up to 8 of them. `vocoder_frames` are exact; a stream's first chunk is
         vocoded at its own length, so `first_chunk_tokens` (the engine's first_audio_tokens, without the
         lookahead) adds that shape. Returns what it prepared; a failure leaves eager decoding, with the reason
@@ -473,7 +477,7 @@ class S3GenStreamer:
             return {"prepared": [], "seconds": 0.0, "fallback_reason": self._fallback_reason,
                     "note": "eager: no compile mode and no CUDA graphs"}
         batches = sorted({self._rows(b) for b in batch_sizes or self._batch_buckets()}, reverse=True)
-        max_window = MAX_PROMPT_TOKENS + self.left_context + 64
+        max_window = self.prompt_tokens + self.left_context + 64
         windows = sorted({_round_up(w, WINDOW_STEP) if self.static_shapes else w
                           for w in window_tokens or range(WINDOW_STEP, max_window + WINDOW_STEP, WINDOW_STEP)},
                          reverse=True)
@@ -529,6 +533,7 @@ class S3GenStreamer:
             "fallback_reason": self._fallback_reason,
             "cfm_steps": self.cfm_steps,
             "left_context_tokens": self.left_context,
+            "prompt_tokens": self.prompt_tokens,
             "vocoder_overlap_frames": self.vocoder_overlap,
             "max_batch": self.max_batch,
             "flow_batches": {"calls": flow_calls, "rows": flow_rows, "padding_rows": flow_pad},
