@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GELU
+from torch.nn.utils import parametrize
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -157,6 +158,15 @@ def cfm_time_span(steps: int, scheduler: str, device: torch.device) -> torch.Ten
     if scheduler == "cosine":
         t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
     return t_span
+
+
+def prepare_vocoder(hift) -> None:
+    """Fold HiFT's weight normalisation into plain weights, in place and once: as a parametrization it is
+    recomputed on every call (77 kernels per vocoder call at full size) for weights that never change here.
+    (A deep copy of a parametrized module shares its class with the original, which this edits: fold first.)"""
+    for module in hift.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
 def vocoder_f0(hift, mels: torch.Tensor) -> torch.Tensor:

@@ -167,6 +167,7 @@ class S3GenStreamer:
         self.inductor_mode = compute.INDUCTOR_MODES.get(compile_mode, compile_mode)
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.hift.stft_window = self.hift.stft_window.to(device)  # upstream moves it on every call otherwise
+        compute.prepare_vocoder(self.hift)
         self._trim_fade = s3gen.trim_fade.cpu()
         self.voices = VoiceCache(self._voice_tensors)
         self._t_span = compute.cfm_time_span(cfm_steps, self.flow.decoder.t_scheduler, device)
