@@ -151,10 +151,7 @@ class T3Decoder:
         # casting T3 to bf16 also casts the module's inv_freq buffer, which would blur far positions.
         rotary = type(self._t3.tfmr.rotary_emb)(config=self._t3.cfg, device=dev)
         cos, sin = rotary(torch.zeros(1, device=dev), self._positions[None])
-        half = self._head_dim // 2
-        sign = torch.cat([-torch.ones(half, device=dev), torch.ones(half, device=dev)])
-        # (cache_len, head_dim) each; rotate_half(x) * sin == roll(x, half) * (sign * sin), one kernel fewer.
-        self._cos, self._sin_signed = cos[0].to(self.dtype), (sin[0] * sign).to(self.dtype)
+        self._rotation = _rotation_matrices(cos[0], sin[0]).to(self.dtype)  # (cache_len, head_dim, head_dim)
 
     @property
     def free_rows(self) -> int:
@@ -262,28 +259,27 @@ class T3Decoder:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
         x = embeds
-        cos, sin_signed = self._cos[None, :length, None, None], self._sin_signed[None, :length, None, None]
+        rotation = self._rotation[None, :length]
         for layer in range(len(self._layers)):
-            x = self._layer_forward(layer, x, cos, sin_signed, attend)
+            x = self._layer_forward(layer, x, rotation, attend)
 
     # ------------------------------------------------------------------------------------- decode step
 
-    def _layer_forward(self, index: int, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor,
+    def _layer_forward(self, index: int, x: torch.Tensor, rotation: torch.Tensor,
                        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
                        ) -> torch.Tensor:
         """One Llama decoder layer on (B, L, dim) with the layer's own weights; `attend` owns the KV cache.
 
         The same math as upstream's `LlamaDecoderLayer` in fewer kernels, since a decode step is bound by their
-        count: fused q/k/v and gate/up projections, q and k rotated together, residual adds folded into the
-        output projections (`addmm`), and `F.rms_norm` (one fused kernel on CUDA). `cos`/`sin_signed`
-        broadcast against (B, L, 2, heads, head_dim)."""
+        count: fused q/k/v and gate/up projections, q and k rotated together by one matmul with each position's
+        rotation matrix (`rotation`: (B or 1, L, head_dim, head_dim)), residual adds folded into the output
+        projections (`addmm`), and `F.rms_norm` (one fused kernel on CUDA)."""
         layer = self._layers[index]
         batch, length, _ = x.shape
         qkv = F.linear(_rms_norm(x, layer.input_layernorm), self._wqkv[index])
         qkv = qkv.view(batch, length, 3, self._heads, self._head_dim)
-        qk = qkv[:, :, :2]
-        qk = torch.addcmul(qk * cos, qk.roll(self._head_dim // 2, dims=-1), sin_signed)
-        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        qk = torch.matmul(qkv[:, :, :2].reshape(batch, length, 2 * self._heads, self._head_dim), rotation)
+        q, k = qk.view(batch, length, 2, self._heads, self._head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn = attend(index, q, k, qkv[:, :, 2].transpose(1, 2)).transpose(1, 2)
         x = _add_projection(x, attn.reshape(batch, length, -1), layer.self_attn.o_proj.weight)
         gate, up = F.linear(_rms_norm(x, layer.post_attention_layernorm), self._wgate_up[index]).chunk(2, dim=-1)
@@ -297,7 +293,7 @@ class T3Decoder:
         length, generated = ints[_LENGTH], ints[_GENERATED]
         t3 = self._t3
         x = (t3.speech_emb(self._last_token[:rows]) + t3.speech_pos_emb.emb(generated))[:, None]
-        cos, sin_signed = self._cos[length][:, None, None, None], self._sin_signed[length][:, None, None, None]
+        rotation = self._rotation[length][:, None]  # (rows, 1, head_dim, head_dim)
         write_at = length.view(rows, 1, 1, 1).expand(rows, self._heads, 1, self._head_dim)
         # An additive mask built once per step (a boolean one is converted inside every layer's SDPA call).
         hidden = (self._positions[None, :context] > length[:, None]).view(rows, 1, 1, context)
@@ -311,7 +307,7 @@ class T3Decoder:
             return F.scaled_dot_product_attention(q, keys[:, :, :context], values[:, :, :context], attn_mask=mask)
 
         for layer in range(len(self._layers)):
-            x = self._layer_forward(layer, x, cos, sin_signed, attend)
+            x = self._layer_forward(layer, x, rotation, attend)
         logits = t3.speech_head(_rms_norm(x[:, 0], t3.tfmr.norm)).float()
         processed = sampling.process_logits(
             logits, partner=ints[_PARTNER], cfg_weight=floats[_CFG], seen=self._seen[:rows],
@@ -516,6 +512,17 @@ def _fuse_linears(*linears: nn.Linear) -> torch.Tensor:
         linear.weight.data = fused[start:start + rows]
         start += rows
     return fused
+
+
+def _rotation_matrices(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as matrices: for a row vector x at position p, x @ R[p] equals Hugging Face's
+    `x * cos + rotate_half(x) * sin`, rotate_half(x) = cat(-x2, x1). cos, sin: (P, D) -> (P, D, D)."""
+    half = cos.shape[1] // 2
+    columns = torch.arange(cos.shape[1], device=cos.device)
+    sign = torch.where(columns < half, -1.0, 1.0).to(sin)
+    rotation = torch.diag_embed(cos)
+    rotation[:, (columns + half) % cos.shape[1], columns] = sin * sign  # out[j] takes -x[j+h] or +x[j-h]
+    return rotation
 
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
