@@ -46,8 +46,10 @@ def vocab_hashes(vocab_size: int, device: torch.device | str) -> torch.Tensor:
 
 
 def uniform_noise(keys: torch.Tensor, counters: torch.Tensor, vocab_hash: torch.Tensor) -> torch.Tensor:
-    """(R, V) float32 uniforms in the open interval (0, 1), a pure function of (key, counter, token)."""
-    row = mix32(keys ^ mix32((counters + _GOLDEN32) & MASK32))
+    """(R, V) float32 uniforms in the open interval (0, 1), a pure function of (key, counter, token). The counter
+    is spread by a multiplication (a bijection mod 2**32) rather than hashed: one hash fewer per step, and two
+    (key, counter) pairs still share a row of noise only with probability 2**-32."""
+    row = mix32(keys ^ ((counters * _GOLDEN32) & MASK32))  # counters (tokens so far) << 2**31: fits int64
     bits = mix32(vocab_hash[None, :] ^ row[:, None]) >> 8  # keep 24 bits: exactly representable in float32
     return (bits.to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
@@ -108,5 +110,5 @@ def sample_tokens(
     """One token per row: an exact draw from softmax(processed) by Gumbel-max, or the argmax when greedy."""
     if greedy:
         return processed.argmax(dim=-1)
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, counters, vocab_hash)))
-    return (processed + gumbel).argmax(dim=-1)
+    exponential = -torch.log(uniform_noise(keys, counters, vocab_hash))  # logits + Gumbel = logits - log(Exp(1))
+    return (processed - torch.log(exponential)).argmax(dim=-1)
