@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from app.engine.types import MAX_PROMPT_TOKENS
+
 ENV_PREFIX = "CBR_"
 
 
@@ -46,9 +48,10 @@ class Settings:
     cfm_steps: int = _opt(10, "Euler steps of S3Gen's flow-matching decoder (fewer is faster, rougher).")
     s3gen_left_context: int = _opt(50, "Speech tokens of already-spoken left context each streaming S3Gen "
                                        "chunk re-decodes (0 = all of them).")
-    s3gen_prompt_tokens: int = _opt(250, "Voice-prompt speech tokens S3Gen conditions on (25-250; 25 per second, "
-                                         "upstream uses up to 250). The prompt is re-decoded with every streaming "
-                                         "chunk, 73-80 % of its work at 250: fewer is faster, less like the voice.")
+    s3gen_prompt_tokens: int = _opt(
+        MAX_PROMPT_TOKENS, "Voice-prompt speech tokens S3Gen conditions on (25-250; 25 per second, upstream uses up "
+                           "to 250). The prompt is re-decoded with every streaming chunk, 73-80 % of its work at "
+                           "250: fewer is faster, less like the voice.")
     first_audio_tokens: int = _opt(10, "Speech tokens in a request's first S3Gen chunk (0.4 s of audio).")
     audio_chunk_tokens: int = _opt(40, "Speech tokens in later S3Gen chunks.")
     watermark: bool = _opt(False, "Apply Resemble's Perth watermark to each streamed chunk.")
@@ -154,8 +157,8 @@ def validate_settings(s: Settings) -> None:
             raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(s, f.name)!r}")
     if not 25 <= s.chunk_size <= 200:
         raise ValueError("chunk_size must be between 25 and 200")
-    if not 25 <= s.s3gen_prompt_tokens <= 250:  # 1 s to upstream's 10 s reference (DEC_COND_LEN)
-        raise ValueError("s3gen_prompt_tokens must be between 25 and 250")
+    if not 25 <= s.s3gen_prompt_tokens <= MAX_PROMPT_TOKENS:
+        raise ValueError(f"s3gen_prompt_tokens must be between 25 and {MAX_PROMPT_TOKENS}")
     if s.max_connections < 1 or s.max_contexts_per_connection < 1:
         raise ValueError("max_connections and max_contexts_per_connection must be at least 1")
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 SAMPLE_RATE = 24_000  # Chatterbox's S3Gen output rate; every engine speaks at it.
+MAX_PROMPT_TOKENS = 250  # Chatterbox's 10 s S3Gen voice reference (DEC_COND_LEN) in 25 Hz speech tokens
 EMPTY_PCM = np.zeros(0, dtype=np.float32)
 
 

@@ -26,7 +26,8 @@ from app.engine.chatterbox.loader import ChatterboxModels, load_models
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer
 from app.engine.chatterbox.t3 import T3Decoder
 from app.engine.scheduler import Scheduler, Sequence
-from app.engine.types import EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
+from app.engine.types import (
+    MAX_PROMPT_TOKENS, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings)
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class ChatterboxEngine(Engine):
                  max_batch: int = 64, cfm_steps: int = 10, left_context: int = 50,
                  first_audio_tokens: int = 10, audio_chunk_tokens: int = 40, max_new_tokens: int = 1000,
                  enable_optimizations: bool = True, compile_mode: str | None = None, watermark: bool = False,
-                 synthetic_tokens_per_char: float = 0.0, s3gen_prompt_tokens: int = 250):
+                 synthetic_tokens_per_char: float = 0.0, s3gen_prompt_tokens: int = MAX_PROMPT_TOKENS):
         self.models = models
         self.device = device
         self.first_audio_tokens = first_audio_tokens

@@ -142,10 +142,10 @@ def cfm_step(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, s
     run as one batch of 2B rows. The estimator runs in its own weights' dtype, the update in float32 (x's).
     `t`, `r` are (1,) float32 tensors so every step shares one compiled graph."""
     batch, dtype = x.shape[0], next(estimator.parameters()).dtype
-    x_in, mu, spks, cond = (tensor.to(dtype) for tensor in (x, mu, spks, cond))
+    x_in, mask, mu, spks, cond = (tensor.to(dtype) for tensor in (x, mask, mu, spks, cond))
     zeros = torch.zeros_like
     velocity = estimator_forward(
-        estimator, torch.cat([x_in, x_in]), torch.cat([mask, mask]).to(dtype), torch.cat([mu, zeros(mu)]),
+        estimator, torch.cat([x_in, x_in]), torch.cat([mask, mask]), torch.cat([mu, zeros(mu)]),
         t.expand(2 * batch), torch.cat([spks, zeros(spks)]), torch.cat([cond, zeros(cond)]))
     conditional, unconditional = velocity.float().split(batch)
     return x + (r - t) * ((1.0 + cfg_rate) * conditional - cfg_rate * unconditional)

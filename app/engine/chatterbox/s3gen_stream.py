@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from app.engine.chatterbox import s3gen_compute as compute
 from app.engine.chatterbox.sampling import MASK32, mix32, stream_key
+from app.engine.types import MAX_PROMPT_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ SAMPLES_PER_MEL = 480  # 24 kHz / 50 Hz
 MEL_CHANNELS = 80
 WINDOW_STEP = 32  # tokens: flow windows are padded to multiples of this with static shapes
 VOCODER_STEP = 32  # mel frames: vocoder windows are multiples of this once a stream has enough history
-MAX_PROMPT_TOKENS = 250  # chatterbox's 10 s reference (DEC_COND_LEN) at 25 Hz
 
 
 # ---- voices -------------------------------------------------------------------------------------------------
@@ -141,7 +141,8 @@ class S3GenStreamer:
                  cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None,
                  prompt_tokens: int = MAX_PROMPT_TOKENS):
         """`dtype`: precision of the flow estimator (a copy of it with its weights in that dtype; default
-        float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: torch.compile mode for the CFM step (estimator),
+        float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: torch.compile
+        mode for the CFM step (estimator),
         applied to shapes `warmup()` prepares (`reduce-overhead` means our CUDA graphs without
         inductor, `max-autotune` inductor's max-autotune-no-cudagraphs inside our graphs). `cuda_graphs`:
         capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
