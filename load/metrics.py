@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 # The server's own listener model, so client and server count underruns the same way.
-from app.server.stats import PlaybackClock
+from app.server.core.stats import PlaybackClock
 
 
 @dataclass

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.audio.encode import BYTES_PER_SAMPLE
-from app.server.protocol import split_frame
+from app.server.native_protocol import split_frame
 from load.metrics import ReplyRecord
 from load.replies import REPLY_POOL, TokenTiming, tokenize, truncate_at_word
 

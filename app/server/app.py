@@ -1,7 +1,8 @@
 """The Starlette app and the process around it.
 
-`create_app` builds an app whose state (settings, engine, worker, voices, metrics, runtime) lives on
-`app.state`, so route modules can be added without globals. `serve` runs it under uvicorn with its own signal
+`create_app` composes the protocol adapters' routes around the speech core (app/server/core) with one table of
+exception handlers (every `ClientError` becomes our one JSON error shape); its state (settings, engine, worker,
+voices, metrics, runtime) lives on `app.state`, so route modules can be added without globals. `serve` runs it under uvicorn with its own signal
 handling: SIGTERM/SIGINT start a drain (no new connections or contexts, /ready 503, open contexts finish up to
 drain_timeout_s, then 1001) instead of uvicorn's immediate 1012 close; a second signal exits at once.
 """
@@ -28,10 +29,10 @@ from app.engine.base import Engine
 from app.engine.factory import build_engine
 from app.engine.worker import EngineWorker
 from app.metrics import Metrics
-from app.server import elevenlabs, http_api, openai_api, ops, voices_api
+from app.server import elevenlabs, native_ws, openai_api, ops, synthesize, voices_api
 from app.server.auth import ApiKeyMiddleware
-from app.server.runtime import Runtime
-from app.server.stream import stream_endpoint
+from app.server.core.runtime import Runtime
+from app.server.http_common import EXCEPTION_HANDLERS
 from app.settings import Settings
 from app.voices.library import VoiceLibrary
 
@@ -44,14 +45,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     """`engine` is injectable for tests; by default the lifespan builds the one the settings name."""
-    routes: list[BaseRoute] = [*ops.routes, *http_api.routes, *openai_api.routes, *voices_api.routes,
-                               *elevenlabs.routes, WebSocketRoute("/v1/stream", stream_endpoint)]
+    routes: list[BaseRoute] = [*ops.routes, *synthesize.routes, *openai_api.routes, *voices_api.routes,
+                               *elevenlabs.routes, WebSocketRoute("/v1/stream", native_ws.stream_endpoint)]
     # Probes and Prometheus cannot send a key; /ready and /metrics reveal no content and must stay reachable.
     public_paths = {"/health", "/ready", "/metrics"}
     if (STATIC_DIR / "index.html").is_file():
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
         public_paths |= _static_paths(STATIC_DIR)
-    app = Starlette(routes=routes, lifespan=_lifespan,
+    app = Starlette(routes=routes, lifespan=_lifespan, exception_handlers=EXCEPTION_HANDLERS,
                     middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key,
                                            is_public=lambda path: path in public_paths
                                            or elevenlabs.is_elevenlabs_path(path))])
@@ -59,7 +60,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     app.state.engine = engine
     app.state.metrics = Metrics()
     app.state.response_cache = ResponseCache(settings.cache_bytes)
-    app.state.runtime = Runtime(settings.chunk_size)
+    app.state.runtime = Runtime(settings.chunk_size, app.state.metrics)
     return app
 
 

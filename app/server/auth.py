@@ -15,8 +15,10 @@ from urllib.parse import parse_qsl
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.errors import error_body
+from app.server.core.close_codes import POLICY_VIOLATION
+
 SUBPROTOCOL_PREFIX = "api-key."
-POLICY_VIOLATION = 1008
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -64,7 +66,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "http":
-            response = JSONResponse({"error": "unauthorized", "message": "missing or invalid API key"},
+            response = JSONResponse(error_body("unauthorized", "missing or invalid API key"),
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return

@@ -2,10 +2,11 @@
 and `multi-stream-input` (contexts), as their SDK's `convert_realtime` and the Pipecat and LiveKit plugins use
 them, so an agent built for ElevenLabs works against this server by changing only its base URL.
 
-A thin adapter over the /v1/stream machinery (app/server/stream.py): `ElevenLabsConnection` translates their
-messages into context calls (text, flush, end, close), `ElevenLabsFraming` turns a context's audio into their
-base64 JSON messages with approximate character alignment, and every other part (chunker, ordered engine
-submission, stats, limits, slow readers, drain) is the native pipeline.
+A thin adapter over the speech core (app/server/core): `ElevenLabsConnection` translates their messages into
+the core's `ContextSpec` and context calls (text, flush, end, close), `ElevenLabsFraming` turns a context's
+audio into their base64 JSON messages with approximate character alignment, and every other part (chunker,
+ordered engine submission, stats, limits, slow readers, drain) is the core's. The core's `ClientError`s become
+their error messages and close codes through one translation table (`_ERROR_NAMES`, `_CLOSE_CODES`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from starlette.websockets import WebSocket
 
 from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
-from app.server import protocol as p
-from app.server.auth import POLICY_VIOLATION, key_accepted, presented_keys
-from app.server.runtime import GOING_AWAY
-from app.server.pipeline import SPEECH_CHARS_PER_SECOND
-from app.server.services import Services
-from app.server.stream import (INTERNAL_ERROR, NORMAL_CLOSURE, Connection, Framing, Payload, StatsSource,
-                               StreamContext)
+from app.errors import ClientError
+from app.server.auth import key_accepted, presented_keys
+from app.server.core.close_codes import GOING_AWAY, INTERNAL_ERROR, NORMAL_CLOSURE, POLICY_VIOLATION
+from app.server.core.connection import Connection
+from app.server.core.context import Framing, StatsSource, StreamContext
+from app.server.core.outbox import Payload
+from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND
+from app.server.core.services import Services
+from app.server.core.spec import MAX_ID_CHARS, ContextSpec
 from app.text.chunker import TextChunk
 
 SINGLE_PATH = "/v1/text-to-speech/{voice_id}/stream-input"
@@ -232,8 +235,8 @@ class Message:
                                                            "object and follows the schema outlined in protocol.")
         context_id = data.get("context_id", data.get("contextId"))
         if context_id is not None and (not isinstance(context_id, str) or not 1 <= len(context_id)
-                                       <= p.MAX_ID_CHARS):
-            raise _bad_field("context_id", f"a string of 1-{p.MAX_ID_CHARS} characters")
+                                       <= MAX_ID_CHARS):
+            raise _bad_field("context_id", f"a string of 1-{MAX_ID_CHARS} characters")
         text = data.get("text")
         if text is not None and not isinstance(text, str):
             raise _bad_field("text", "a string")
@@ -412,8 +415,8 @@ class ElevenLabsConnection(Connection):
                 await self._on_single(message)
         except ElevenLabsError as exc:
             self._fatal(exc)
-        except p.ProtocolError as exc:
-            self._fatal(ElevenLabsError.from_ours(exc.code, exc.message, exc.context_id if self.multi else None))
+        except ClientError as exc:  # the core refused (e.g. text after the end)
+            self._fatal(ElevenLabsError.from_ours(exc.code, exc.message, self._context_of(message)))
 
     def _authorize(self, message: Message) -> None:
         """Without a key in the handshake, the first message must carry one."""
@@ -464,18 +467,21 @@ class ElevenLabsConnection(Connection):
         elif message.text and self.options.auto_mode:
             context.release_buffered()  # auto_mode: each message is a whole phrase, spoken as it is
 
+    def _context_of(self, message: Message) -> str | None:
+        """The contextId their error messages name: on a multi-stream socket only."""
+        return (message.context_id or DEFAULT_CONTEXT) if self.multi else None
+
     async def _open(self, context_id: str, voice_settings: Any) -> StreamContext:
         generation = generation_settings(voice_settings, self.options.seed, self.services.base_generation)
-        start = p.Start(context_id=context_id, voice=self.voice_id, generation=generation)
+        spec = ContextSpec(context_id=context_id, voice=self.voice_id, generation=generation)
         encoder = self.options.output.encoder(self.services.sample_rate)
+        framing_id = context_id if self.multi else None
         try:
-            return await self.open_context(start, encoder,
-                                           lambda serial: ElevenLabsFraming(context_id if self.multi else None))
-        except p.ProtocolError as exc:
-            raise self._open_error(exc) from None
+            return await self.open_context(spec, encoder, lambda serial: ElevenLabsFraming(framing_id))
+        except ClientError as exc:
+            raise self._open_error(exc, framing_id) from None
 
-    def _open_error(self, exc: p.ProtocolError) -> ElevenLabsError:
-        context_id = exc.context_id if self.multi else None
+    def _open_error(self, exc: ClientError, context_id: str | None) -> ElevenLabsError:
         if exc.code == "too_many_contexts":
             limit = self.services.settings.max_contexts_per_connection
             return ElevenLabsError("max_active_conversations", f"Maximum simultaneous contexts per WebSocket "

@@ -1,5 +1,11 @@
-"""Plumbing shared by the HTTP APIs: bounded request bodies, client-disconnect detection, and a streaming
-response that always releases what produces its body."""
+"""What every HTTP adapter shares (none imports another): our one error shape and the exception handlers that
+produce it, bounded request bodies, client-disconnect detection, a streaming response that always releases
+what produces its body, and the steps from a prepared `Speech` to response bytes.
+
+Our routes raise `ClientError` (app/errors.py) and never build error responses themselves: the handlers in
+`EXCEPTION_HANDLERS` (installed by app/server/app.py) answer `{"error": {"code", "message"}}` with its status.
+The OpenAI adapter answers in OpenAI's shape instead, through its own translation table.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,49 @@ from typing import Any, AsyncGenerator, Awaitable, TypeVar
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
+
+from app.errors import ClientError, error_body
+from app.server.core.speech import Speech
 
 T = TypeVar("T")
 
+PAYLOAD_TOO_LARGE = 413
+CLIENT_CLOSED_REQUEST = 499  # nobody reads it: the client is gone
 
-class BodyTooLarge(Exception):
+
+class BodyTooLarge(ClientError):
     def __init__(self, limit: int):
-        super().__init__(f"the request body is larger than {limit} bytes")
+        super().__init__("body_too_large", f"the request body is larger than {limit} bytes", PAYLOAD_TOO_LARGE)
         self.limit = limit
 
 
-class BadJson(Exception):
-    pass
-
-
 class ClientDisconnected(Exception):
-    pass
+    """The client went away before its response was ready: nobody is left to answer."""
+
+
+# ---- errors -------------------------------------------------------------------------------------------------
+
+async def client_error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientError)
+    request.app.state.metrics.errors.labels(exc.code).inc()
+    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+
+async def client_gone_response(request: Request, exc: Exception) -> Response:
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+EXCEPTION_HANDLERS = {ClientError: client_error_response, ClientDisconnected: client_gone_response}
+
+
+# ---- bounded bodies -----------------------------------------------------------------------------------------
+
+def json_body_limit(max_text_chars: int) -> int:
+    """Bytes a JSON body may take to carry `max_text_chars` characters: the worst escaping ("\\ud83d\\ude00"
+    is 12 bytes for one character) plus room for the other fields."""
+    return 12 * max_text_chars + 64 * 1024
 
 
 def check_declared_length(request: Request, limit: int) -> None:
@@ -53,16 +84,20 @@ def limited_receive(receive: Receive, limit: int) -> Receive:
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, read up to `limit` bytes."""
+    """The body as a JSON object, read up to `limit` bytes (`BodyTooLarge` past it, `bad_json` if it is not
+    a JSON object)."""
     check_declared_length(request, limit)
     bounded = Request(request.scope, receive=limited_receive(request.receive, limit))
     try:
         data = orjson.loads(await bounded.body())
     except orjson.JSONDecodeError as exc:
-        raise BadJson(f"the body is not valid JSON: {exc}") from None
+        raise ClientError("bad_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise BadJson("the body must be a JSON object")
+        raise ClientError("bad_json", "the body must be a JSON object")
     return data
+
+
+# ---- the client's connection --------------------------------------------------------------------------------
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -83,6 +118,28 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     if task.cancelled():
         raise ClientDisconnected()
     return task.result()
+
+
+async def finished_audio(request: Request, speech: Speech) -> bytes:
+    """The whole body once synthesis is complete; the synthesis stops if the client goes away first."""
+    async def run() -> bytes:
+        await speech.open()
+        return await speech.read_all()
+
+    try:
+        return await unless_disconnected(request, run())
+    finally:
+        speech.close()
+
+
+async def opened(request: Request, speech: Speech) -> Speech:
+    """`speech` with its first audio ready, so a streaming response's headers can carry its timing."""
+    try:
+        await unless_disconnected(request, speech.open())
+    except BaseException:
+        speech.close()
+        raise
+    return speech
 
 
 class ClosingStreamingResponse(StreamingResponse):

@@ -17,7 +17,9 @@ Honoured:
 Ignored: `instructions` (Chatterbox takes no style prompt; `exaggeration` is the closest control).
 Extensions (not in OpenAI's API; e.g. the SDK's `extra_body`): exaggeration, cfg_weight, temperature, top_p,
 min_p, repetition_penalty, seed. With a seed, identical requests are answered from the response cache.
-Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`.
+Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`: every `ClientError` (ours from
+the core, or this module's `OpenAIError` with its `param`) goes through one translation table, `_THEIR_PARAM`
+and the status class for `type`.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.audio.encode import FfmpegError, ffmpeg_available, run_ffmpeg
-from app.server.http_api import GENERATION_FIELDS, generation_settings, json_body_limit, opened
-from app.server.http_common import (BadJson, BodyTooLarge, ClientDisconnected, ClosingStreamingResponse,
-                                    read_json_object)
-from app.server.synthesis import AudioBody, FileBody, Speech, SpeechError, SpeechRequest, SpeechService
+from app.errors import ClientError
+from app.server.core.speech import (INTERNAL_SERVER_ERROR, AudioBody, FileBody, Speech, SpeechRequest,
+                                    SpeechService)
+from app.server.core.spec import GENERATION_FIELDS, generation_from_fields
+from app.server.http_common import ClosingStreamingResponse, json_body_limit, opened, read_json_object
 from app.voices.library import DEFAULT_VOICE_ID, VoiceError
 
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15", "chatterbox")
@@ -52,11 +55,20 @@ _ATEMPO_RANGE = (0.5, 2.0)  # what every ffmpeg version's atempo accepts in one 
 _FFMPEG_TIMEOUT_S = 60.0
 
 
-class OpenAIError(Exception):
-    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.message, self.status, self.param, self.code, self.kind = message, status, param, code, kind
+class OpenAIError(ClientError):
+    """A refusal of this adapter's own fields: it names the `param` at fault, as OpenAI's errors do."""
+
+    def __init__(self, message: str, param: str, code: str, status: int = 400):
+        super().__init__(code, message, status)
+        self.param = param
+
+
+# Our codes as OpenAI's: their name for the code, the request field at fault, and their status where it
+# differs from ours (a bad voice or setting is a bad value in the request: 400).
+_THEIR_CODE = {"bad_json": "invalid_json", "body_too_large": "request_too_large"}
+_THEIR_PARAM = {"unknown_voice": "voice", "invalid_voice_name": "voice", "nothing_to_speak": "input",
+                "text_too_long": "input"}
+_THEIR_STATUS = {"unknown_voice": 400, "invalid_voice_name": 400, "invalid_settings": 400}
 
 
 async def speech(request: Request) -> Response:
@@ -66,19 +78,10 @@ async def speech(request: Request) -> Response:
         body = await read_json_object(request, json_body_limit(MAX_INPUT_CHARS))
         speech_request, fmt, speed, stream_format = _parse(body, service)
         audio = _audio_body(service, fmt, speed)
-        try:
-            prepared = await service.prepare(speech_request, audio, received)
-            await opened(request, prepared)
-        except SpeechError as exc:
-            raise _from_speech_error(exc) from None
-    except OpenAIError as exc:
+        prepared = await service.prepare(speech_request, audio, received)
+        await opened(request, prepared)
+    except ClientError as exc:  # OpenAI's shape, not our routes' one
         return _error_response(request, exc)
-    except BadJson as exc:
-        return _error_response(request, OpenAIError(str(exc), code="invalid_json"))
-    except BodyTooLarge as exc:
-        return _error_response(request, OpenAIError(str(exc), status=413, code="request_too_large"))
-    except ClientDisconnected:
-        return Response(status_code=499)
     headers = prepared.headers
     if stream_format == "sse":
         usage_chars = len(speech_request.text)
@@ -114,10 +117,7 @@ def _parse(body: dict[str, Any], service: SpeechService) -> tuple[SpeechRequest,
         raise OpenAIError(f"stream_format must be one of {', '.join(STREAM_FORMATS)}", param="stream_format",
                           code="invalid_value")
     speed = _speed(body.get("speed", 1.0))
-    try:
-        settings = generation_settings(body, service.base_generation)
-    except SpeechError as exc:
-        raise OpenAIError(exc.message, code=exc.code) from None
+    settings = generation_from_fields(body, service.base_generation)
     return SpeechRequest(text, _voice_id(body.get("voice"), service), settings), fmt, speed, stream_format
 
 
@@ -166,7 +166,7 @@ def change_tempo(pcm: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
     try:
         stretched = run_ffmpeg(args, pcm.astype("<f4").tobytes(), _FFMPEG_TIMEOUT_S)
     except FfmpegError as exc:
-        raise SpeechError("engine_error", f"changing the speed failed: {exc}", 500) from None
+        raise ClientError("engine_error", f"changing the speed failed: {exc}", INTERNAL_SERVER_ERROR) from None
     return stretched.astype(np.float32)
 
 
@@ -174,9 +174,8 @@ async def _sse_events(speech: Speech, input_chars: int) -> AsyncIterator[bytes]:
     try:
         async for data in speech.body():
             yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
-    except SpeechError as exc:  # headers are gone: the failure travels in the stream
-        error = _from_speech_error(exc)
-        yield _sse({"type": "error", "error": _error_object(error)})
+    except ClientError as exc:  # headers are gone: the failure travels in the stream
+        yield _sse({"type": "error", "error": _error_object(exc)})
         return
     output_tokens = speech.timings.speech_tokens
     yield _sse({"type": "speech.audio.done", "usage": {"input_tokens": input_chars, "output_tokens": output_tokens,
@@ -187,24 +186,17 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
-def _from_speech_error(exc: SpeechError) -> OpenAIError:
-    if exc.code in ("unknown_voice", "invalid_voice_name"):
-        return OpenAIError(exc.message, status=400, param="voice", code=exc.code)
-    if exc.status >= 500:
-        kind = "server_error"
-    else:
-        kind = "invalid_request_error"
-    param = "input" if exc.code in ("nothing_to_speak", "text_too_long") else None
-    return OpenAIError(exc.message, status=exc.status, param=param, code=exc.code, kind=kind)
+def _error_object(error: ClientError) -> dict[str, Any]:
+    kind = "server_error" if error.status >= 500 else "invalid_request_error"
+    param = error.param if isinstance(error, OpenAIError) else _THEIR_PARAM.get(error.code)
+    return {"message": error.message, "type": kind, "param": param,
+            "code": _THEIR_CODE.get(error.code, error.code)}
 
 
-def _error_object(error: OpenAIError) -> dict[str, Any]:
-    return {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}
-
-
-def _error_response(request: Request, error: OpenAIError) -> Response:
-    request.app.state.metrics.errors.labels(error.code or error.kind).inc()
-    return JSONResponse({"error": _error_object(error)}, status_code=error.status)
+def _error_response(request: Request, error: ClientError) -> Response:
+    code = _THEIR_CODE.get(error.code, error.code)
+    request.app.state.metrics.errors.labels(code).inc()
+    return JSONResponse({"error": _error_object(error)}, status_code=_THEIR_STATUS.get(error.code, error.status))
 
 
 routes = [Route("/v1/audio/speech", speech, methods=["POST"])]

@@ -1,4 +1,6 @@
-"""Operational HTTP routes: /health, /ready, /metrics, /optimization-status, POST /configure-streaming."""
+"""Operational HTTP routes: /health, /ready, /metrics, /optimization-status, POST /configure-streaming.
+
+Failures are `ClientError`s, answered by the app's exception handlers in our one error shape."""
 
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.errors import ClientError
 from app.metrics import CONTENT_TYPE
-from app.server.protocol import ProtocolError, parse_chunk_size
+from app.server.core.spec import UNPROCESSABLE, check_chunk_size
+from app.server.http_common import read_json_object
 
 ENGINE_CALL_TIMEOUT_S = 5.0  # the engine answers between steps; while it compiles it may not answer at all
+CONFIGURE_BODY_LIMIT = 1024  # {"chunk_size": 50} with room to spare
 
 
 async def health(request: Request) -> Response:
@@ -55,23 +60,26 @@ async def optimization_status(request: Request) -> Response:
 
 
 async def configure_streaming(request: Request) -> Response:
-    """Set the default chunk size of new contexts (open contexts keep theirs)."""
+    """Set the default chunk size of new contexts (open contexts keep theirs). Every refusal of a body that
+    arrived whole is `invalid_settings` (422); a body over CONFIGURE_BODY_LIMIT is `body_too_large` (413)."""
     try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        return _unprocessable("body must be a JSON object like {\"chunk_size\": 50}")
-    if not isinstance(body, dict) or set(body) != {"chunk_size"}:
-        return _unprocessable("body must be a JSON object with exactly one field, chunk_size")
+        body = await read_json_object(request, CONFIGURE_BODY_LIMIT)
+    except ClientError as exc:
+        if exc.code != "bad_json":
+            raise
+        raise _invalid("body must be a JSON object like {\"chunk_size\": 50}") from None
+    if set(body) != {"chunk_size"}:
+        raise _invalid("body must be a JSON object with exactly one field, chunk_size")
     try:
-        chunk_size = parse_chunk_size(body["chunk_size"])
-    except ProtocolError as exc:
-        return _unprocessable(exc.message)
+        chunk_size = check_chunk_size(body["chunk_size"])
+    except ClientError as exc:
+        raise _invalid(exc.message) from None
     request.app.state.runtime.chunk_size = chunk_size
     return JSONResponse({"chunk_size": chunk_size})
 
 
-def _unprocessable(message: str) -> Response:
-    return JSONResponse({"error": "invalid_settings", "message": message}, status_code=422)
+def _invalid(message: str) -> ClientError:
+    return ClientError("invalid_settings", message, UNPROCESSABLE)
 
 
 routes = [

@@ -20,11 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.server.http_api import error_response
+from app.errors import ClientError
 from app.server.http_common import BodyTooLarge, check_declared_length, limited_receive
-from app.voices.library import VoiceError
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and the name field around the file
+PAYLOAD_TOO_LARGE = 413
+
+# Failures are `ClientError`s (a `VoiceError` carries the library's status), answered by the app's handlers.
 
 
 async def list_voices(request: Request) -> Response:
@@ -32,18 +34,12 @@ async def list_voices(request: Request) -> Response:
 
 
 async def get_voice(request: Request) -> Response:
-    try:
-        record = request.app.state.voices.get(request.path_params["voice_id"])
-    except VoiceError as exc:
-        return error_response(request, exc.code, exc.message, exc.status)
+    record = request.app.state.voices.get(request.path_params["voice_id"])
     return JSONResponse(record.as_dict())
 
 
 async def delete_voice(request: Request) -> Response:
-    try:
-        request.app.state.voices.delete(request.path_params["voice_id"])
-    except VoiceError as exc:
-        return error_response(request, exc.code, exc.message, exc.status)
+    request.app.state.voices.delete(request.path_params["voice_id"])
     return Response(status_code=204)
 
 
@@ -56,20 +52,17 @@ async def create_voice(request: Request) -> Response:
         async with bounded.form(max_files=1, max_fields=1) as form:
             upload, name = form.get("file"), form.get("name")
             if not isinstance(upload, UploadFile):
-                return error_response(request, "bad_request", "send the recording as a multipart/form-data "
-                                                              "file field named `file`", 400)
+                raise ClientError("bad_request", "send the recording as a multipart/form-data file field named "
+                                                 "`file`")
             if not isinstance(name, str) or not name:
-                return error_response(request, "invalid_voice_name", "send the voice's name in the form field "
-                                                                     "`name`", 400)
+                raise ClientError("invalid_voice_name", "send the voice's name in the form field `name`")
             data = await upload.read(max_upload + 1)  # one byte more than allowed is enough to refuse it
             record = await request.app.state.voices.create(name, data, filename=upload.filename)
     except BodyTooLarge:
-        return error_response(request, "upload_too_large", f"the upload is larger than the {max_upload}-byte "
-                                                           "limit", 413)
+        raise ClientError("upload_too_large", f"the upload is larger than the {max_upload}-byte limit",
+                          PAYLOAD_TOO_LARGE) from None
     except HTTPException as exc:  # a malformed multipart body
-        return error_response(request, "bad_request", f"malformed form: {exc.detail}", exc.status_code)
-    except VoiceError as exc:
-        return error_response(request, exc.code, exc.message, exc.status)
+        raise ClientError("bad_request", f"malformed form: {exc.detail}", exc.status_code) from None
     return JSONResponse(record.as_dict(), status_code=201)
 
 

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from app.server.protocol import split_frame
+from app.server.native_protocol import split_frame
 from harness import Deadline
 
 RECV_TIMEOUT_S = 20.0

@@ -126,7 +126,10 @@ class TestApiKey:
         for path in ("/health", "/ready", "/metrics"):  # kubelet and Prometheus cannot present a key
             assert keyed_server.get(path).status_code == 200
         for path in ("/optimization-status", "/v1/voices"):
-            assert keyed_server.get(path).status_code == 401
+            refused_response = keyed_server.get(path)
+            assert refused_response.status_code == 401
+            assert refused_response.json() == {"error": {"code": "unauthorized",
+                                                         "message": "missing or invalid API key"}}
             assert keyed_server.get(path, headers={"X-API-Key": "nope"}).status_code == 401
             assert keyed_server.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         assert keyed_server.get(f"/optimization-status?api_key={KEY}").status_code == 200

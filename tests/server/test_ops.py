@@ -31,7 +31,7 @@ async def test_metrics_and_status_reflect_a_stream(server_factory):
     async with open_session(server.ws_url) as session:
         await session.ws.send("not json")
         await session.until("error")
-        await session.speak("m", "Counting what happens. Twice over.")
+        done = await session.speak("m", "Counting what happens. Twice over.")
     assert server.get("/metrics").headers["content-type"].startswith("text/plain")
     values = metric_samples(server)
     assert values["chatterbox_ttfa_seconds_count"] == 1
@@ -39,7 +39,7 @@ async def test_metrics_and_status_reflect_a_stream(server_factory):
     assert values["chatterbox_speech_tokens_total"] > 0
     assert values["chatterbox_batch_size_count"] > 0
     assert values["chatterbox_errors_total{code=bad_json}"] == 1
-    assert values["chatterbox_underruns_total"] >= 0
+    assert values["chatterbox_underruns_total"] == done["stats"]["underruns"]  # the only stream so far
     for gauge in ("chatterbox_active_streams", "chatterbox_queue_depth", "chatterbox_compile_seconds"):
         assert gauge in values
 
@@ -68,8 +68,18 @@ def test_configure_streaming_rejects_bad_values_with_422(shared_server, body):
     else:
         response = shared_server.post("/configure-streaming", json=body)
     assert response.status_code == 422
-    assert response.json()["error"] == "invalid_settings" and response.json()["message"]
+    error = response.json()["error"]
+    assert error["code"] == "invalid_settings" and error["message"]
     assert shared_server.get("/ready").status_code == 200
+
+
+def test_configure_streaming_refuses_a_large_body_with_413(shared_server):
+    padded = b'{"chunk_size": 60, "pad": "' + b"x" * 1_000_000 + b'"}'
+    response = shared_server.post("/configure-streaming", content=padded)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    chunked = shared_server.post("/configure-streaming", content=iter([padded[:600], padded[600:]]))  # no length
+    assert chunked.status_code == 413
+    assert shared_server.post("/configure-streaming", json={"chunk_size": 50}).status_code == 200  # control
 
 
 @pytest.mark.skipif(not (STATIC_DIR / "index.html").is_file(), reason="no demo page in static/")

@@ -19,8 +19,8 @@ import numpy as np
 
 from app.engine.types import EngineError, EngineRequest, GenerationSettings
 from app.engine.worker import RequestHandle
-from app.server.services import Services
-from app.server.stats import ChunkTimes
+from app.server.core.services import Services
+from app.server.core.stats import ChunkTimes
 from app.text.chunker import TextChunk
 
 SPEECH_CHARS_PER_SECOND = 15.0  # rough speaking rate, to estimate when not-yet-synthesized audio will play

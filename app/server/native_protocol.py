@@ -1,4 +1,5 @@
-"""The `/v1/stream` wire format (docs/protocol.md): client-message parsing and validation, event builders.
+"""The `/v1/stream` wire format (docs/protocol.md): client-message parsing and validation into the core's
+`ContextSpec`, and event builders.
 
 Pure functions only: nothing here touches a socket, so every rule of the protocol is testable in isolation.
 """
@@ -13,25 +14,23 @@ import orjson
 
 from app.audio.encode import StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
+from app.errors import ClientError
+from app.server.core.spec import MAX_ID_CHARS, PRIORITY_RANGE, ContextSpec, check_chunk_size, is_int
+from app.voices.library import DEFAULT_VOICE_ID
 
 PROTOCOL_VERSION = 1
 DEFAULT_CONTEXT = "default"
-DEFAULT_VOICE = "default"
 DEFAULT_ENCODING = "pcm_s16le"
 DEFAULT_SAMPLE_RATE = 24_000
-CHUNK_SIZE_RANGE = (25, 200)
-PRIORITY_RANGE = (-1000, 1000)
-MAX_ID_CHARS = 128
 _FRAME_HEADER = struct.Struct("<I")
 
 
-class ProtocolError(Exception):
-    """A client mistake reported as an `error` event; the connection stays open."""
+class ProtocolError(ClientError):
+    """A client mistake reported as an `error` event naming the context it concerns; the connection stays
+    open."""
 
     def __init__(self, code: str, message: str, context_id: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.context_id = context_id
 
 
@@ -43,12 +42,12 @@ class OutputFormat:
 
 @dataclass(frozen=True)
 class Start:
-    context_id: str
-    voice: str = DEFAULT_VOICE
+    spec: ContextSpec
     output: OutputFormat = OutputFormat()
-    generation: GenerationSettings = GenerationSettings()
-    chunk_size: int | None = None  # None: the server's current default
-    priority: int = 0
+
+    @property
+    def context_id(self) -> str:
+        return self.spec.context_id
 
 
 @dataclass(frozen=True)
@@ -115,17 +114,18 @@ def _parse_start(data: dict[str, Any], context_id: str, base: GenerationSettings
     def fail(code: str, message: str) -> ProtocolError:
         return ProtocolError(code, f"start: {message}", context_id)
 
-    voice = data.get("voice", DEFAULT_VOICE)
+    voice = data.get("voice", DEFAULT_VOICE_ID)
     if not isinstance(voice, str) or not 1 <= len(voice) <= MAX_ID_CHARS:
         raise fail("bad_request", f"voice must be a string of 1-{MAX_ID_CHARS} characters")
     priority = data.get("priority", 0)
-    if not _is_int(priority):
+    if not is_int(priority):
         raise fail("bad_request", "priority must be an integer")
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         raise fail("invalid_settings", f"priority must be in [{PRIORITY_RANGE[0]}, {PRIORITY_RANGE[1]}]")
-    return Start(context_id=context_id, voice=voice, output=_parse_output(data.get("output", {}), fail),
-                 generation=_parse_generation(data.get("generation", {}), base, fail),
-                 chunk_size=_parse_chunking(data.get("chunking", {}), fail), priority=priority)
+    spec = ContextSpec(context_id=context_id, voice=voice,
+                       generation=_parse_generation(data.get("generation", {}), base, fail),
+                       chunk_size=_parse_chunking(data.get("chunking", {}), fail), priority=priority)
+    return Start(spec, output=_parse_output(data.get("output", {}), fail))
 
 
 def _parse_output(value: Any, fail) -> OutputFormat:
@@ -134,7 +134,7 @@ def _parse_output(value: Any, fail) -> OutputFormat:
     sample_rate = fields.get("sample_rate", DEFAULT_SAMPLE_RATE)
     if not isinstance(encoding, str):
         raise fail("bad_request", "output.encoding must be a string")
-    if not _is_int(sample_rate):
+    if not is_int(sample_rate):
         raise fail("bad_request", "output.sample_rate must be an integer")
     try:
         StreamEncoder.validate(encoding, sample_rate)
@@ -160,18 +160,10 @@ def _parse_chunking(value: Any, fail) -> int | None:
     fields = _object(value, "chunking", {"chunk_size"}, fail)
     if "chunk_size" not in fields:
         return None
-    return parse_chunk_size(fields["chunk_size"], fail)
-
-
-def parse_chunk_size(value: Any, fail=None) -> int:
-    """Shared by `start.chunking` and POST /configure-streaming."""
-    fail = fail or (lambda code, message: ProtocolError(code, message))
-    low, high = CHUNK_SIZE_RANGE
-    if not _is_int(value):
-        raise fail("bad_request", "chunk_size must be an integer")
-    if not low <= value <= high:
-        raise fail("invalid_settings", f"chunk_size must be between {low} and {high}, got {value}")
-    return value
+    try:
+        return check_chunk_size(fields["chunk_size"])
+    except ClientError as exc:
+        raise fail(exc.code, exc.message) from None
 
 
 def _object(value: Any, name: str, allowed: set[str], fail) -> dict[str, Any]:
@@ -181,10 +173,6 @@ def _object(value: Any, name: str, allowed: set[str], fail) -> dict[str, Any]:
     if unknown:
         raise fail("bad_request", f"unknown field(s) in {name}: {', '.join(unknown)}")
     return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---- server -> client -------------------------------------------------------------------------------------

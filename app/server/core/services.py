@@ -8,7 +8,7 @@ from typing import Any
 from app.engine.types import GenerationSettings
 from app.engine.worker import EngineWorker
 from app.metrics import Metrics
-from app.server.runtime import Runtime
+from app.server.core.runtime import Runtime
 from app.settings import Settings
 from app.voices.library import VoiceLibrary
 

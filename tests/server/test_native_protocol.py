@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from app.engine.types import GenerationSettings
-from app.server import protocol as p
+from app.server import native_protocol as p
+from app.server.core.spec import ContextSpec
 
 BASE = GenerationSettings(max_new_tokens=1000)
 
@@ -29,12 +30,13 @@ def test_start_with_every_field():
     start = parse({"type": "start", "context_id": "a", "voice": "alice", "priority": 3,
                    "output": {"encoding": "mulaw", "sample_rate": 8000},
                    "generation": {"temperature": 0.5, "seed": 7}, "chunking": {"chunk_size": 80}})
-    assert start == p.Start(context_id="a", voice="alice", output=p.OutputFormat("mulaw", 8000),
-                            generation=GenerationSettings(temperature=0.5, seed=7), chunk_size=80, priority=3)
+    assert start == p.Start(ContextSpec(context_id="a", voice="alice",
+                                        generation=GenerationSettings(temperature=0.5, seed=7), chunk_size=80,
+                                        priority=3), output=p.OutputFormat("mulaw", 8000))
 
 
 def test_defaults_fill_a_bare_start_and_context_id():
-    assert parse({"type": "start"}) == p.Start(context_id="default")
+    assert parse({"type": "start"}) == p.Start(ContextSpec(context_id="default"))
     assert parse({"type": "text", "text": "hi"}) == p.Text("default", "hi")
     assert parse({"type": "cancel", "context_id": "x"}) == p.Control("cancel", "x")
 

@@ -13,7 +13,7 @@ import pytest
 from app.engine.types import SAMPLE_RATE, EngineError, EngineRequest, GenerationSettings
 from app.engine.worker import EngineWorker
 from app.metrics import Metrics
-from app.server.pipeline import SPEECH_CHARS_PER_SECOND, AudioPiece, ChunkDone, ChunkPipeline, Event, Marker
+from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND, AudioPiece, ChunkDone, ChunkPipeline, Event, Marker
 from app.text.chunker import TextChunk
 from fake_engines import ToneEngine
 

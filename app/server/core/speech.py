@@ -3,8 +3,8 @@
 The text goes through the same `AdaptiveChunker` as /v1/stream: a small first chunk (time to first audio),
 then whole sentences packed up to the chunk budget (the whole text is known, so nothing waits for a
 deadline). Every chunk is submitted to the engine worker at once, so a reply's chunks synthesize
-concurrently, batched with everything else the engine runs (the `ChunkPipeline` of app/server/pipeline.py, which
-/v1/stream contexts use too); their audio comes back strictly in chunk order as it is produced, and an
+concurrently, batched with everything else the engine runs (the `ChunkPipeline` of pipeline.py, which
+WebSocket contexts use too); their audio comes back strictly in chunk order as it is produced, and an
 `AudioBody` turns it into the response's bytes.
 
 Seeded requests go through the response cache, keyed by the texts the engine speaks, the voice and its
@@ -28,19 +28,18 @@ from app.audio.encode import StreamEncoder, content_type, encode_file, streaming
 from app.cache import ResponseCache, cache_key, is_cacheable
 from app.engine.types import SAMPLE_RATE, EngineError, GenerationSettings
 from app.errors import ClientError
-from app.server.pipeline import AudioPiece, ChunkDone, ChunkPipeline, Marker
-from app.server.services import Services
+from app.server.core.pipeline import AudioPiece, ChunkDone, ChunkPipeline, Marker
+from app.server.core.runtime import SERVICE_UNAVAILABLE, ActiveStream
+from app.server.core.services import Services
+from app.server.core.spec import UNPROCESSABLE
 from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
-from app.voices.library import DEFAULT_VOICE_ID, VoiceError
+from app.voices.library import DEFAULT_VOICE_ID
 
 # The whole text is known up front: tell the chunker the listener is well supplied, so after the first chunk
 # it packs whole sentences up to the budget instead of cutting at clauses.
 WHOLE_TEXT_BUFFER_S = math.inf
 OUTPUT_RATE = SAMPLE_RATE  # every HTTP response is 24 kHz (OpenAI's `pcm` is defined as 24 kHz s16le)
-
-
-class SpeechError(ClientError):
-    """A failure the API layers report to the client."""
+INTERNAL_SERVER_ERROR = 500
 
 
 @dataclass(frozen=True)
@@ -169,19 +168,6 @@ class SpeechTimings:
 
 # ---- one synthesis ------------------------------------------------------------------------------------------
 
-class _DrainHandle:
-    """How a drain sees an HTTP synthesis (`Runtime.connections`): one open context, which a drain that runs
-    out of time stops."""
-
-    open_contexts = 1
-
-    def __init__(self, stop: Callable[[], None]):
-        self._stop = stop
-
-    async def close(self, code: int, reason: str) -> None:
-        self._stop()
-
-
 @dataclass
 class Speech:
     """One prepared synthesis. `await open()` starts it (or finds it in the cache) and returns once the
@@ -200,7 +186,7 @@ class Speech:
     _pipeline: ChunkPipeline | None = None
     _pending: list[bytes] = field(default_factory=list)
     _source: AsyncIterator[bytes] | None = None
-    _drain_handle: _DrainHandle | None = None
+    _stream: ActiveStream | None = None  # registered with the runtime while synthesizing
     _closed: bool = False
 
     @property
@@ -254,9 +240,7 @@ class Speech:
         for chunk in self.chunks:
             self._pipeline.release(chunk, now)
         self._pipeline.mark(Marker.END)
-        self._drain_handle = _DrainHandle(self._close)
-        services.runtime.connections.add(self._drain_handle)
-        services.metrics.active_streams.inc()
+        self._stream = services.runtime.open_stream(stop=self._close)
 
     async def _produce(self) -> AsyncIterator[bytes]:
         """The body's bytes, chunk by chunk in order; stores the complete body when it is cacheable."""
@@ -276,9 +260,10 @@ class Speech:
                 elif isinstance(event, ChunkDone):
                     self.timings.speech_tokens += event.job.speech_tokens
         except EngineError as exc:
-            raise SpeechError(exc.code, exc.message, 500) from None
+            raise ClientError(exc.code, exc.message, INTERNAL_SERVER_ERROR) from None
         if self._closed:  # stopped by a drain: the audio is incomplete and must not look complete
-            raise SpeechError("shutting_down", "the server stopped this synthesis while shutting down", 503)
+            raise ClientError("shutting_down", "the server stopped this synthesis while shutting down",
+                              SERVICE_UNAVAILABLE)
         self.timings.finished = time.monotonic()
         # A whole file is encoded (and maybe stretched) here: off the event loop, which serves every stream.
         yield emit(self.audio.finish() if self.audio.progressive else await asyncio.to_thread(self.audio.finish))
@@ -300,10 +285,8 @@ class Speech:
         self._closed = True
         if self._pipeline is not None:
             self._pipeline.cancel()
-        if self._drain_handle is not None:
-            self.services.runtime.connections.discard(self._drain_handle)
-            self.services.metrics.active_streams.dec()
-            self.services.runtime.contexts_changed()
+        if self._stream is not None:
+            self._stream.close()
 
 
 class SpeechService:
@@ -330,28 +313,22 @@ class SpeechService:
         return FileBody(fmt, source_rate=self.services.sample_rate)
 
     async def prepare(self, request: SpeechRequest, audio: AudioBody, received: float) -> Speech:
-        self._check_serving()
-        try:
-            record = self.services.voices.get(request.voice)
-            conditionals = await self.services.voices.conditionals(request.voice)
-        except VoiceError as exc:
-            raise SpeechError(exc.code, exc.message, exc.status) from None
+        """Raises `ClientError` (a `VoiceError` among them) when it cannot be spoken."""
+        refusal = self.services.runtime.refusal()
+        if refusal is not None:
+            raise refusal
+        record = self.services.voices.get(request.voice)
+        conditionals = await self.services.voices.conditionals(request.voice)
         chunks = [chunk for chunk in self._chunks(request.text) if chunk.speak_text]
         if not chunks:
-            raise SpeechError("nothing_to_speak", "the text has nothing to speak (no letters or digits)", 422)
+            raise ClientError("nothing_to_speak", "the text has nothing to speak (no letters or digits)",
+                              UNPROCESSABLE)
         key = None
         if is_cacheable(request.settings) and self.cache.enabled:
             spoken = "\n".join(chunk.speak_text for chunk in chunks)  # exactly what the engine is given
             key = cache_key(spoken, record.id, record.hash, request.settings, audio.cache_name, OUTPUT_RATE)
         timings = SpeechTimings(received=received, sample_rate=self.services.sample_rate)
         return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings)
-
-    def _check_serving(self) -> None:
-        runtime = self.services.runtime
-        if runtime.draining:
-            raise SpeechError("shutting_down", "the server is shutting down", 503)
-        if not runtime.ready:
-            raise SpeechError("warming_up", f"the engine is not ready yet ({runtime.not_ready_reason})", 503)
 
     def _chunks(self, text: str) -> list[TextChunk]:
         chunker = AdaptiveChunker(ChunkerConfig(chunk_size=self.services.runtime.chunk_size))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.server.stats import ChunkTimes, ContextTimes, PlaybackClock
+from app.server.core.stats import ChunkTimes, ContextTimes, PlaybackClock
 
 
 def test_steady_stream_has_no_underrun_and_tracks_buffer():

@@ -189,13 +189,16 @@ def test_unseeded_requests_never_touch_the_cache(server):
 
 
 def test_metrics_parse_and_name_everything_the_helpers_list(server):
+    unknown_voice = "chatterbox_errors_total{code=unknown_voice}"
+    errors_before = metric_samples(server).get(unknown_voice, 0)
+    assert synthesize(server, text="Nobody speaks.", voice="nobody").status_code == 404
     synthesize(server, text="Count me.", streaming=True, response_format="pcm")
     samples = metric_samples(server)
     for name in HELPERS_METRICS:
         assert any(sample == name or sample.startswith((name + "_", name + "{")) for sample in samples), name
     assert samples["chatterbox_ttfa_seconds_count"] >= 1 and samples["chatterbox_rtf_count"] >= 1
     assert samples["chatterbox_active_streams"] == 0
-    assert samples["chatterbox_errors_total{code=unknown_voice}"] >= 0  # labelled after the error test ran
+    assert samples[unknown_voice] == errors_before + 1
 
 
 def test_engine_failure_before_audio_is_a_500_and_mid_stream_cuts_the_response(tone_server):

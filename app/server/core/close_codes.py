@@ -1,0 +1,7 @@
+"""WebSocket close codes (RFC 6455, section 7.4.1) the server uses."""
+
+NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
