@@ -21,7 +21,7 @@ from app.audio.encode import AudioEncoder
 from app.engine.types import EngineError
 from app.errors import ClientError
 from app.server.core.outbox import Outbox, Payload
-from app.server.core.pipeline import AudioPiece, ChunkDone, ChunkPipeline, Marker
+from app.server.core.pipeline import AudioPiece, ChunkJob, ChunkPipeline, Marker
 from app.server.core.spec import ContextSpec
 from app.server.core.stats import ChunkTimes, ContextTimes, PlaybackClock
 from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
@@ -212,24 +212,28 @@ class StreamContext:
 
     async def _emit_in_order(self) -> None:
         try:
-            async for event in self.pipeline.ordered():
-                if isinstance(event, AudioPiece):
-                    job = event.job
-                    self._queue_audio(self.encoder.encode(event.pcm), job.times, job.chunk, event.ends_chunk)
-                elif isinstance(event, ChunkDone):
-                    job = event.job
-                    self._last_times = job.times
-                    self.outbox.send(self.framing.chunk_done(job.chunk, job.times.as_stats), owner=self)
-                elif event is Marker.FLUSH:
-                    self._queue_audio(self.encoder.flush(), self._last_times)
-                    self.outbox.send(self.framing.flushed(), owner=self)
-                else:  # Marker.END, the last event
-                    self._queue_audio(self.encoder.flush(), self._last_times)
-                    # The context stays open (cancel still works) until `done` has reached the socket.
-                    self.outbox.send(self.framing.done(lambda: self.times.as_stats(self.clock)), owner=self,
-                                     on_sent=lambda now: self._close())
+            async for _ in self.pipeline.deliver(self):  # the sink methods below queue into the outbox
+                pass
         except EngineError as exc:
             self.fail("engine_error", exc.message)
+
+    def on_audio(self, piece: AudioPiece) -> None:
+        job = piece.job
+        self._queue_audio(self.encoder.encode(piece.pcm), job.times, job.chunk, piece.ends_chunk)
+
+    def on_chunk_done(self, job: ChunkJob) -> None:
+        self._last_times = job.times
+        self.outbox.send(self.framing.chunk_done(job.chunk, job.times.as_stats), owner=self)
+
+    def on_marker(self, marker: Marker) -> None:
+        self._queue_audio(self.encoder.flush(), self._last_times)
+        if marker is Marker.FLUSH:
+            self.outbox.send(self.framing.flushed(), owner=self)
+            return
+        # Marker.END, the last event. The context stays open (cancel still works) until `done` has reached
+        # the socket.
+        self.outbox.send(self.framing.done(lambda: self.times.as_stats(self.clock)), owner=self,
+                         on_sent=lambda now: self._close())
 
     def _queue_audio(self, data: bytes, times: ChunkTimes | None, chunk: TextChunk | None = None,
                      chunk_ends: bool = False) -> None:

@@ -3,7 +3,8 @@ protocols built on them) share with whole-text HTTP synthesis.
 
 Each released chunk becomes one engine request, submitted at once, so a reply's chunks may synthesize
 concurrently, batched with everything else the engine runs. `ordered()` hands their audio back strictly in
-chunk order, with the caller's markers (flush, end) in place between chunks. The pipeline also keeps the
+chunk order, with the caller's markers (flush, end) in place between chunks, and `deliver(sink)` is its one
+consumer: it hands each event to a `PipelineSink` (a WebSocket context, an HTTP synthesis). The pipeline also keeps the
 per-chunk metrics: speech tokens, and the real-time factor (synthesis wall time / engine audio seconds).
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Protocol, TypeVar
 
 import numpy as np
 
@@ -101,6 +102,18 @@ class ChunkDone:
 
 
 Event = AudioPiece | ChunkDone | Marker
+T = TypeVar("T", covariant=True)
+
+
+class PipelineSink(Protocol[T]):
+    """What a reply's events turn into, in order. A method's result, unless None, is what `deliver` yields
+    (an HTTP body's bytes); a sink that pushes its output elsewhere (a socket's outbox) returns None."""
+
+    def on_audio(self, piece: AudioPiece) -> T | None: ...
+
+    def on_chunk_done(self, job: ChunkJob) -> T | None: ...
+
+    def on_marker(self, marker: Marker) -> T | None: ...
 
 
 class ChunkPipeline:
@@ -163,6 +176,19 @@ class ChunkPipeline:
                 return
             self._chunk_done(item)
             yield ChunkDone(item)
+
+    async def deliver(self, sink: PipelineSink[T]) -> AsyncIterator[T]:
+        """Every event of `ordered()` handed to `sink`, yielding what it returns; ends and raises as
+        `ordered()` does."""
+        async for event in self.ordered():
+            if isinstance(event, AudioPiece):
+                result = sink.on_audio(event)
+            elif isinstance(event, ChunkDone):
+                result = sink.on_chunk_done(event.job)
+            else:
+                result = sink.on_marker(event)
+            if result is not None:
+                yield result
 
     def _request(self, chunk: TextChunk, now: float, buffered_s: float) -> EngineRequest:
         return EngineRequest(

@@ -28,7 +28,7 @@ from app.audio.encode import StreamEncoder, content_type, encode_file, streaming
 from app.cache import ResponseCache, cache_key, is_cacheable
 from app.engine.types import SAMPLE_RATE, EngineError, GenerationSettings
 from app.errors import ClientError
-from app.server.core.pipeline import AudioPiece, ChunkDone, ChunkPipeline, Marker
+from app.server.core.pipeline import AudioPiece, ChunkJob, ChunkPipeline, Marker
 from app.server.core.runtime import SERVICE_UNAVAILABLE, ActiveStream
 from app.server.core.services import Services
 from app.server.core.spec import UNPROCESSABLE
@@ -253,12 +253,8 @@ class Speech:
 
         yield emit(self.audio.start())
         try:
-            async for event in self._pipeline.ordered():
-                if isinstance(event, AudioPiece):
-                    self._on_audio(event.pcm)
-                    yield emit(self.audio.encode(event.pcm))
-                elif isinstance(event, ChunkDone):
-                    self.timings.speech_tokens += event.job.speech_tokens
+            async for data in self._pipeline.deliver(self):
+                yield emit(data)
         except EngineError as exc:
             raise ClientError(exc.code, exc.message, INTERNAL_SERVER_ERROR) from None
         if self._closed:  # stopped by a drain: the audio is incomplete and must not look complete
@@ -271,13 +267,22 @@ class Speech:
             self.cache.put(self.key, b"".join(stored))
         self._close()
 
-    def _on_audio(self, pcm: np.ndarray) -> None:
+    # ---- the pipeline's sink (ChunkPipeline.deliver) -----------------------------------------------------------
+
+    def on_audio(self, piece: AudioPiece) -> bytes:
         timings = self.timings
         if timings.first_audio is None:
             timings.first_audio = time.monotonic()
             if self.audio.progressive:  # the client hears it now; a whole-file body's client hears nothing yet
                 self.services.metrics.ttfa.observe(timings.first_audio - timings.received)
-        timings.audio_samples += pcm.size
+        timings.audio_samples += piece.pcm.size
+        return self.audio.encode(piece.pcm)
+
+    def on_chunk_done(self, job: ChunkJob) -> None:
+        self.timings.speech_tokens += job.speech_tokens
+
+    def on_marker(self, marker: Marker) -> None:
+        """Only Marker.END, after the last chunk: the body's end is written by `_produce`."""
 
     def _close(self) -> None:
         if self._closed:

@@ -123,3 +123,31 @@ async def test_cancel_frees_the_engine_and_ends_the_audio_without_a_chunk_done(w
     assert all(isinstance(event, AudioPiece) for event in rest)
     assert worker.active_requests == 0 and pipeline.pending == []
     assert metric(metrics, "chatterbox_rtf_count") == 0
+
+
+class RecordingSink:
+    """Names each event it is handed; yields text only for audio, so `deliver` skips the other results."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_audio(self, piece: AudioPiece) -> str:
+        self.seen.append(f"audio {piece.job.chunk.index}")
+        return f"audio {piece.job.chunk.index}"
+
+    def on_chunk_done(self, job) -> None:
+        self.seen.append(f"done {job.chunk.index}")
+
+    def on_marker(self, marker: Marker) -> None:
+        self.seen.append(marker.value)
+
+
+async def test_deliver_hands_every_event_to_the_sink_in_order_and_yields_what_it_returns(worker):
+    metrics = Metrics()
+    pipeline = ended_reply(worker, metrics, "First chunk.", "Second one.")
+    sink = RecordingSink()
+    yielded = await asyncio.wait_for(collect(pipeline.deliver(sink)), 20)
+    events = [event for event in sink.seen if not event.startswith("audio")]
+    assert events == ["done 0", "done 1", "end"]
+    assert yielded == [event for event in sink.seen if event.startswith("audio")] and yielded
+    assert sink.seen.index("done 0") < sink.seen.index("audio 1")  # chunk order, not arrival order
