@@ -2,9 +2,10 @@
 
 `create_app` composes the protocol adapters' routes around the speech core (app/server/core) with one table of
 exception handlers (every `ClientError` becomes our one JSON error shape); its state (settings, engine, worker,
-voices, metrics, runtime) lives on `app.state`, so route modules can be added without globals. `serve` runs it under uvicorn with its own signal
-handling: SIGTERM/SIGINT start a drain (no new connections or contexts, /ready 503, open contexts finish up to
-drain_timeout_s, then 1001) instead of uvicorn's immediate 1012 close; a second signal exits at once.
+voices, metrics, runtime) lives on `app.state`, so route modules can be added without globals. `serve` runs it
+under uvicorn with its own signal handling: SIGTERM/SIGINT start a drain (no new connections or contexts,
+/ready 503, open contexts finish up to drain_timeout_s, then 1001) instead of uvicorn's immediate 1012 close;
+a second signal exits at once.
 """
 
 from __future__ import annotations
