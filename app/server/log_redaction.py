@@ -27,8 +27,8 @@ _SECRET_NAME_PARTS = ("key", "token", "auth", "secret", "password")
 # idempotent (a masked line masks to itself).
 _QUERY_PAIR = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;\s\"'#?]+)=(?P<value>[^&;\s\"'#]*)")
 _KEY_SUBPROTOCOL = re.compile(r"(?i)\bapi-key\.[^\s,\"']+")
-_CREDENTIAL_HEADER = re.compile(r"(?i)\b(?P<name>authorization|x-api-key|xi[-_]api[-_]key|api[-_]key)(?P<sep>\"?\s*:\s*\"?)"
-                                r"(?P<value>[^\r\n\"',&]+)")
+_CREDENTIAL_HEADER = re.compile(r"(?i)\b(?P<name>authorization|x-api-key|xi[-_]api[-_]key|api[-_]key)"
+                                r"(?P<sep>\"?\s*:\s*\"?)(?P<value>[^\r\n\"',&]+)")
 
 
 def _is_secret_name(raw_name: str) -> bool:

@@ -4,40 +4,12 @@ test runs a driver script there as a subprocess against a server of this process
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from harness import REPO_ROOT, module_server
-
-FRAMEWORKS_PYTHON = REPO_ROOT / ".venv-frameworks" / "bin" / "python"
-DRIVER_TIMEOUT_S = 240.0
-ESPEAK_CHARS_PER_SECOND = 14.0  # espeak-ng at its default 175 words per minute, roughly
+from drivers import API_KEY, FRAMEWORKS_PYTHON
+from harness import module_server
 
 if not FRAMEWORKS_PYTHON.exists():
     pytest.skip("no .venv-frameworks: run scripts/bootstrap.sh test", allow_module_level=True)
 
-server = module_server()
-
-
-def drive(driver: str, *args: Any) -> dict[str, Any]:
-    """Run tests/frameworks/<driver> in the frameworks' virtualenv; its JSON result."""
-    script = Path(__file__).with_name(driver)
-    done = subprocess.run([str(FRAMEWORKS_PYTHON), str(script), *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
-
-
-def seconds_of(turn: dict[str, Any], sample_rate: int) -> float:
-    return turn["audio_bytes"] / 2 / sample_rate  # 16-bit mono PCM
-
-
-def assert_spoken(turn: dict[str, Any], text: str, sample_rate: int) -> None:
-    """The whole reply came back as audio at the expected rate, about as long as espeak speaks it."""
-    expected_s = len(text) / ESPEAK_CHARS_PER_SECOND
-    assert turn["sample_rates"] == [sample_rate], turn
-    assert 0.5 * expected_s < seconds_of(turn, sample_rate) < 2.0 * expected_s, turn
+server = module_server(api_key=API_KEY)  # the frameworks send it their own way (xi-api-key, Bearer)

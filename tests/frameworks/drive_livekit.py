@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 from livekit.agents import APIConnectOptions
 
+API_KEY = os.environ.get("CBR_API_KEY", "unused")  # the server's key, when it has one
 TURN_TIMEOUT_S = 30.0
 TOKEN_GAP_S = 0.02  # an LLM streaming about 50 tokens per second
 FIRST = "Streaming speech starts quickly. Then it keeps going until the reply ends."
@@ -31,11 +33,11 @@ def build_tts(kind: str, base_url: str, session: aiohttp.ClientSession):
     if kind.startswith("elevenlabs"):
         from livekit.plugins import elevenlabs
 
-        return elevenlabs.TTS(api_key="unused", base_url=base_url + "/v1", voice_id="default", http_session=session)
+        return elevenlabs.TTS(api_key=API_KEY, base_url=base_url + "/v1", voice_id="default", http_session=session)
     if kind == "openai":
         from livekit.plugins import openai
 
-        return openai.TTS(api_key="unused", base_url=base_url + "/v1")
+        return openai.TTS(api_key=API_KEY, base_url=base_url + "/v1")
     raise SystemExit(f"unknown service {kind}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -27,6 +28,7 @@ from pipecat.pipeline.task import PipelineParams, PipelineTask
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.tts_service import TextAggregationMode
 
+API_KEY = os.environ.get("CBR_API_KEY", "unused")  # the server's key, when it has one
 TURN_TIMEOUT_S = 30.0
 TOKEN_GAP_S = 0.02  # an LLM streaming about 50 tokens per second
 LATE_WINDOW_S = 3.0  # how long audio of an interrupted reply is watched for
@@ -68,17 +70,17 @@ def build_service(kind: str, base_url: str, session: aiohttp.ClientSession):
         from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 
         mode = TextAggregationMode.TOKEN if kind == "elevenlabs-token" else TextAggregationMode.SENTENCE
-        return ElevenLabsTTSService(api_key="unused", url=ws_url, text_aggregation_mode=mode,
+        return ElevenLabsTTSService(api_key=API_KEY, url=ws_url, text_aggregation_mode=mode,
                                     settings=ElevenLabsTTSService.Settings(voice="default"))
     if kind == "elevenlabs-http":
         from pipecat.services.elevenlabs.tts import ElevenLabsHttpTTSService
 
-        return ElevenLabsHttpTTSService(api_key="unused", base_url=base_url, aiohttp_session=session,
+        return ElevenLabsHttpTTSService(api_key=API_KEY, base_url=base_url, aiohttp_session=session,
                                         settings=ElevenLabsHttpTTSService.Settings(voice="default"))
     if kind == "openai":
         from pipecat.services.openai.tts import OpenAITTSService
 
-        return OpenAITTSService(api_key="unused", base_url=base_url + "/v1")
+        return OpenAITTSService(api_key=API_KEY, base_url=base_url + "/v1")
     raise SystemExit(f"unknown service {kind}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_spoken, drive
+from drivers import assert_spoken, drive
 
 MISSING_HTTP_TTS = "no ElevenLabs HTTP text-to-speech routes yet (/v1/text-to-speech/{voice_id}/stream): issue 13.1"
 

@@ -1,11 +1,11 @@
 """Pipecat 1.14's own TTS services against the real server on the espeak engine, each in a real pipeline: a
-reply streamed as LLM tokens, an interruption after the first audio, a second turn (tests/frameworks/drive_pipecat.py)."""
+reply streamed as LLM tokens, an interruption after the first audio, a second turn (drive_pipecat.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import assert_spoken, drive, seconds_of
+from drivers import assert_spoken, drive, seconds_of
 
 MISSING_HTTP_TTS = "no ElevenLabs HTTP text-to-speech routes yet (/v1/text-to-speech/{voice_id}/stream...): issue 13.1"
 MISSING_PCM_32000 = "pcm_32000 is refused (1008), so a 32 kHz pipeline cannot connect: issue 13.1"
