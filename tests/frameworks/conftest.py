@@ -9,7 +9,11 @@ import pytest
 from drivers import API_KEY, FRAMEWORKS_PYTHON
 from harness import module_server
 
-if not FRAMEWORKS_PYTHON.exists():
-    pytest.skip("no .venv-frameworks: run scripts/bootstrap.sh test", allow_module_level=True)
+
+@pytest.fixture(scope="module", autouse=True)
+def frameworks_installed() -> None:
+    if not FRAMEWORKS_PYTHON.exists():
+        pytest.skip("no .venv-frameworks: run scripts/bootstrap.sh test")
+
 
 server = module_server(api_key=API_KEY)  # the frameworks send it their own way (xi-api-key, Bearer)
