@@ -29,6 +29,13 @@ class Settings:
     api_key: str = _opt("", "If set, every request needs it (header `Authorization: Bearer`, `X-API-Key`, "
                             "query `api_key`, or WebSocket subprotocol `api-key.<key>`).")
     log_level: str = _opt("info", "Log level.", ("debug", "info", "warning", "error"))
+    ssl_certfile: str = _opt("", "TLS certificate chain (PEM): serve https and wss instead of http and ws.")
+    ssl_keyfile: str = _opt("", "Private key (PEM) of `--ssl-certfile`; leave unset when that file holds it too.")
+    header_timeout_s: float = _opt(10.0, "A connection must complete its request head within this long of opening "
+                                         "(or of its previous response); else it is closed.")
+    keep_alive_timeout_s: float = _opt(5.0, "Close an idle keep-alive HTTP connection after this long.")
+    max_http_connections: int = _opt(512, "Open TCP connections (HTTP and WebSocket together, at least "
+                                          "`--max-connections`); more get 503 and are closed at once.")
 
     # engine
     engine: str = _opt("espeak", "Which engine serves: `chatterbox` (the model) or `espeak` (light CPU engine).",
@@ -161,6 +168,12 @@ def validate_settings(s: Settings) -> None:
         raise ValueError(f"s3gen_prompt_tokens must be between 25 and {MAX_PROMPT_TOKENS}")
     if s.max_connections < 1 or s.max_contexts_per_connection < 1:
         raise ValueError("max_connections and max_contexts_per_connection must be at least 1")
+    if s.max_http_connections < s.max_connections:
+        raise ValueError("max_http_connections must be at least max_connections (WebSockets count against both)")
+    if s.header_timeout_s <= 0 or s.keep_alive_timeout_s <= 0:
+        raise ValueError("header_timeout_s and keep_alive_timeout_s must be positive")
+    if s.ssl_keyfile and not s.ssl_certfile:
+        raise ValueError("ssl_keyfile needs ssl_certfile")
 
 
 def settings_table() -> str:

@@ -2,7 +2,8 @@
 # Create .venv and install everything the server and tests need. Idempotent: a stamp file skips the work
 # when requirements.lock and pyproject.toml are unchanged.
 #   scripts/bootstrap.sh            runtime only
-#   scripts/bootstrap.sh test       runtime + test tools (pytest, hypothesis, openai SDK, playwright-core, chromium)
+#   scripts/bootstrap.sh test       runtime + test tools (pytest, hypothesis, openai SDK, playwright-core, chromium),
+#                                   and .venv-frameworks (Pipecat, LiveKit Agents; requirements-frameworks.lock)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=${1:-runtime}
@@ -31,6 +32,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
     [ "$want" = test ] && .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.lock
     .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
     echo "$digest" > "$stamp"
+fi
+if [ "$want" = test ]; then
+    # Pipecat and LiveKit Agents for tests/frameworks: Pipecat pins soundfile and soxr below requirements.lock,
+    # so they get a virtualenv of their own, which the tests run as subprocesses against our server.
+    [ -x .venv-frameworks/bin/python ] || "$PY" -m venv .venv-frameworks
+    fw_stamp=.venv-frameworks/.installed
+    fw_digest=$(sha256sum requirements-frameworks.lock | cut -c1-16)
+    if [ "$(cat "$fw_stamp" 2>/dev/null)" != "$fw_digest" ]; then
+        .venv-frameworks/bin/pip install -q --disable-pip-version-check -r requirements-frameworks.lock
+        echo "$fw_digest" > "$fw_stamp"
+    fi
 fi
 if [ "$want" = test ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm install --silent --no-audit --no-fund >/dev/null)

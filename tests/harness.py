@@ -2,9 +2,10 @@
 
 - `run_server(settings, engine=None)`: context manager, the app in a uvicorn thread of this process (its
   `app.state` is inspectable from the test); waits for /health (and /ready unless `wait_ready=False`); with
-  `tls=(cert, key)` it serves https/wss.
+  the settings' `ssl_certfile`/`ssl_keyfile` (`self_signed_certificate(folder)` makes a pair) it serves https/wss.
 - `module_server(engine=None, **overrides)`: a module-scoped fixture of one such server for a test module.
-- `run_server_process(settings_env)`: the real `python -m app.cli serve` in a subprocess (for signals).
+- `run_server_process(settings, output=None)`: the real `python -m app.cli serve` in a subprocess (for signals;
+  its stdout and stderr go to the file `output` when given).
 - `make_settings(tmp_path, **overrides)`: Settings for tests (espeak engine, quiet logs, temp voices dir).
 - `metric_samples(server)`: /metrics parsed; `wait_until(condition)` / `wait_until_async`: poll with a
   time limit; `Deadline`: the time left of one limit, for loops that read with timeouts.
@@ -27,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
@@ -86,7 +88,16 @@ class RunningServer:
     settings: Settings
     app: Starlette | None = None  # None for a subprocess server
     process: subprocess.Popen | None = None
-    tls_cert: Path | None = None  # served with TLS under this self-signed certificate
+    uvicorn: uvicorn.Server | None = None  # its `server_state.connections` are the open connections
+
+    def open_connections(self) -> int:
+        assert self.uvicorn is not None, "only an in-process server can be inspected"
+        return len(self.uvicorn.server_state.connections)
+
+    @property
+    def tls_cert(self) -> Path | None:
+        """The certificate it serves TLS with (tests trust it as their only CA), if any."""
+        return Path(self.settings.ssl_certfile) if self.settings.ssl_certfile else None
 
     @property
     def base_url(self) -> str:
@@ -94,7 +105,7 @@ class RunningServer:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.settings.port}/v1/stream"
+        return f"{'wss' if self.tls_cert else 'ws'}://127.0.0.1:{self.settings.port}/v1/stream"
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(self.base_url + path, timeout=10, verify=self._verify(), **kwargs)
@@ -130,6 +141,15 @@ def wait_until_up(server: RunningServer, wait_ready: bool, alive: Callable[[], b
     raise TimeoutError(f"server did not answer {path} within {START_TIMEOUT_S} s")
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 (openssl makes them), for servers with `ssl_certfile`/`ssl_keyfile`."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 def listening_socket(port: int, send_buffer_bytes: int) -> socket.socket:
     """A listener whose accepted connections inherit a small kernel send buffer, so a client that stops
     reading backs up into the server's own queue within a second rather than after megabytes."""
@@ -143,23 +163,19 @@ def listening_socket(port: int, send_buffer_bytes: int) -> socket.socket:
 
 @contextlib.contextmanager
 def run_server(settings: Settings, engine: Engine | None = None, wait_ready: bool = True,
-               send_buffer_bytes: int | None = None, tls: tuple[Path, Path] | None = None
-               ) -> Iterator[RunningServer]:
-    """`send_buffer_bytes` shrinks the kernel send buffer of accepted connections (see `listening_socket`);
-    `tls` is (certificate, key) to serve https and wss."""
+               send_buffer_bytes: int | None = None) -> Iterator[RunningServer]:
+    """`send_buffer_bytes` shrinks the kernel send buffer of accepted connections (see `listening_socket`)."""
     from app.server.app import DrainingServer, create_app, uvicorn_config
 
     settings = settings.replace(host="127.0.0.1", port=free_port())
     app = create_app(settings, engine=engine)
     config = uvicorn_config(app, settings)
-    if tls is not None:
-        config.ssl_certfile, config.ssl_keyfile = map(str, tls)
     server = DrainingServer(config, drain=lambda: app.state.runtime.drain(settings.drain_timeout_s))
     sockets = None if send_buffer_bytes is None else [listening_socket(settings.port, send_buffer_bytes)]
     thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name=f"uvicorn-{settings.port}",
                               daemon=True)
     thread.start()
-    running = RunningServer(settings, app=app, tls_cert=None if tls is None else tls[0])
+    running = RunningServer(settings, app=app, uvicorn=server)
     try:
         wait_until_up(running, wait_ready, thread.is_alive)
         yield running
@@ -183,23 +199,27 @@ def module_server(engine: Callable[[], Engine] | None = None, **overrides: Any) 
 
 
 @contextlib.contextmanager
-def run_server_process(settings: Settings, wait_ready: bool = True) -> Iterator[RunningServer]:
-    """`python -m app.cli serve` configured through CBR_* environment variables; killed if still running."""
+def run_server_process(settings: Settings, wait_ready: bool = True, output: Path | None = None
+                       ) -> Iterator[RunningServer]:
+    """`python -m app.cli serve` configured through CBR_* environment variables; killed if still running.
+    Its output is a pipe nobody reads unless `output` names a file to write it to (logs that fill a pipe stall)."""
     from app.settings import env_name
 
     settings = settings.replace(host="127.0.0.1", port=free_port())
     env = dict(os.environ)
     for name, value in settings.__dict__.items():
         env[env_name(name)] = str(value)
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    running = RunningServer(settings, process=process)
-    try:
-        wait_until_up(running, wait_ready, lambda: process.poll() is None)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
+    with contextlib.ExitStack() as files:
+        sink = subprocess.PIPE if output is None else files.enter_context(output.open("wb"))
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO_ROOT, env=env,
+                                   stdout=sink, stderr=subprocess.STDOUT)
+        running = RunningServer(settings, process=process)
+        try:
+            wait_until_up(running, wait_ready, lambda: process.poll() is None)
+            yield running
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            if process.stdout is not None:
+                process.stdout.close()

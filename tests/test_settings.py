@@ -29,6 +29,9 @@ def test_flags_override_the_environment_which_overrides_defaults():
     (("--chunk-size", "300"), {}, "chunk_size must be between 25 and 200"),
     ((), {"CBR_COMPILE_MODE": "fastest"}, "compile_mode must be one of"),  # a flag is refused by argparse itself
     ((), {"CBR_CFM_STEPS": "ten"}, "CBR_CFM_STEPS"),
+    (("--ssl-keyfile", "key.pem"), {}, "ssl_keyfile needs ssl_certfile"),
+    (("--max-connections", "600"), {}, "max_http_connections must be at least max_connections"),
+    ((), {"CBR_HEADER_TIMEOUT_S": "0"}, "header_timeout_s and keep_alive_timeout_s must be positive"),
 ])
 def test_unusable_values_are_refused_with_their_name(argv, environ, message):
     with pytest.raises(ValueError, match=message):

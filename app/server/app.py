@@ -32,8 +32,10 @@ from app.engine.worker import EngineWorker
 from app.metrics import Metrics
 from app.server import elevenlabs, native_ws, openai_api, ops, synthesize, voices_api
 from app.server.auth import ApiKeyMiddleware
+from app.server.connection_guard import guarded_h11_protocol
 from app.server.core.runtime import Runtime
 from app.server.http_common import EXCEPTION_HANDLERS
+from app.server.log_redaction import redact_root_handlers, uvicorn_log_config
 from app.settings import Settings
 from app.voices.library import VoiceLibrary
 
@@ -119,6 +121,10 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     ping = settings.ping_interval_s or None  # 0 disables keepalive pings
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
+        log_config=uvicorn_log_config(), ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
+        http=guarded_h11_protocol(settings.header_timeout_s, settings.max_http_connections),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # call_later takes a float
         ws="websockets-sansio", ws_max_size=settings.max_message_bytes, ws_per_message_deflate=False,
         ws_ping_interval=ping, ws_ping_timeout=ping, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
@@ -163,6 +169,7 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_root_handlers()
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(app, settings),
                             drain=lambda: app.state.runtime.drain(settings.drain_timeout_s))

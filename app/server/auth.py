@@ -1,7 +1,8 @@
 """Optional API key for every route but the public ones (/health, the demo page's static files).
 
 Accepted from: `Authorization: Bearer <key>`, `X-API-Key: <key>`, query `?api_key=<key>`, or the WebSocket
-subprotocol `api-key.<key>` (browsers cannot set handshake headers). HTTP requests without it get 401;
+subprotocol `api-key.<key>` (browsers cannot set handshake headers; see `accepted_subprotocol`). Keys are
+redacted from every log line (app/server/log_redaction.py). HTTP requests without it get 401;
 WebSockets are accepted and closed at once with 1008, because a browser sees only the close code, never the
 HTTP status of a refused handshake.
 """
@@ -48,10 +49,12 @@ def key_accepted(expected: str, presented: Iterable[str]) -> bool:
 
 
 def accepted_subprotocol(scope: Scope) -> str | None:
-    """The subprotocol to echo: browsers fail a handshake that offered subprotocols and got none back."""
-    offered = list(scope.get("subprotocols", []))
-    plain = [p for p in offered if not p.startswith(SUBPROTOCOL_PREFIX)]
-    return (plain or offered or [None])[0]
+    """The first offered subprotocol that carries no key, else none: the answer is never `api-key.<key>`.
+
+    A server may only select one of the offered subprotocols, and browsers fail a handshake that offered some
+    and got none back, so a browser that sends its key this way offers a key-less name next to it
+    (`["chatterbox", "api-key.<key>"]`) and gets that name back."""
+    return next((p for p in scope.get("subprotocols", []) if not p.startswith(SUBPROTOCOL_PREFIX)), None)
 
 
 class ApiKeyMiddleware:

@@ -9,8 +9,6 @@ import contextlib
 import json
 import re
 import shutil
-import subprocess
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlencode
 
@@ -25,7 +23,8 @@ from app.server.elevenlabs import ElevenLabsError, generation_settings
 from app.text.normalize import normalize_stream
 from audio_checks import mulaw_expand, sine, sound_file
 from fake_engines import ToneEngine
-from harness import Deadline, RunningServer, make_settings, module_server, run_server
+from harness import (Deadline, RunningServer, make_settings, module_server, run_server,
+                     self_signed_certificate)
 
 TEXT = ("Streaming speech should start quickly. The server splits a reply into chunks, and it speaks each one "
         "as soon as it is ready.")
@@ -388,23 +387,15 @@ async def test_missing_or_wrong_api_key_closes_1008(keyed_server, first_message)
 
 # ---- their Python SDK ---------------------------------------------------------------------------------------
 
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """The SDK always connects with wss://, so its test server needs TLS (openssl makes the certificate)."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command for a test certificate")
 def test_their_sdk_convert_realtime_works_by_changing_the_base_url(tmp_path, monkeypatch):
     from elevenlabs import VoiceSettings
     from elevenlabs.client import ElevenLabs
 
-    cert, key = self_signed_certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)  # the SDK always connects with wss://
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the SDK's wss client trusts the default CA store
-    with run_server(make_settings(tmp_path, api_key=API_KEY), tls=(cert, key)) as tls_server:
+    settings = make_settings(tmp_path, api_key=API_KEY, ssl_certfile=str(cert), ssl_keyfile=str(key))
+    with run_server(settings) as tls_server:
         client = ElevenLabs(base_url=tls_server.base_url, api_key=API_KEY)
         pcm = b"".join(client.text_to_speech.convert_realtime(
             voice_id="default", text=iter(re.findall(r"\S+ ?", TEXT)), model_id="eleven_flash_v2_5",

@@ -112,10 +112,10 @@ class TestApiKey:
         elif how == "query":
             url += f"?api_key={KEY}"
         else:
-            kwargs["subprotocols"] = [f"api-key.{KEY}"]
+            kwargs["subprotocols"] = ["chatterbox", f"api-key.{KEY}"]
         async with open_session(url, **kwargs) as session:
             if how == "subprotocol":
-                assert session.ws.subprotocol == f"api-key.{KEY}"  # echoed, as browsers require
+                assert session.ws.subprotocol == "chatterbox"  # the key-less one offered: never the key
             await still_works(session)
 
     @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}])

@@ -1,0 +1,25 @@
+"""LiveKit Agents 1.8's TTS plugins against the real server on the espeak engine: `elevenlabs.TTS` through
+`stream()` (LLM tokens over the multi-stream socket) and `synthesize()` (HTTP), and `openai.TTS`; a reply, an
+interruption (the stream closed after its first audio), a second turn (tests/frameworks/drive_livekit.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers import assert_spoken, drive
+
+MISSING_HTTP_TTS = "no ElevenLabs HTTP text-to-speech routes yet (/v1/text-to-speech/{voice_id}/stream): issue 13.1"
+
+
+@pytest.mark.parametrize("service, sample_rate", [
+    ("elevenlabs-stream", 22050),  # the plugin's default output format, mp3_22050_32
+    pytest.param("elevenlabs-synthesize", 22050, marks=pytest.mark.xfail(strict=True, reason=MISSING_HTTP_TTS)),
+    ("openai", 24000),
+])
+def test_tts_plugins(server, service, sample_rate):
+    result = drive("drive_livekit.py", service, server.base_url)
+    assert result["sample_rate"] == sample_rate
+    for turn in (result["first"], result["second"]):
+        assert turn["error"] is None, turn
+        assert_spoken(turn, turn["text"], sample_rate)
+    assert result["interrupted"]["heard"] and result["interrupted"]["error"] is None, result["interrupted"]
