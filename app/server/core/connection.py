@@ -249,6 +249,7 @@ class Connection:
     async def _receive(self, first_message: str | None) -> None:
         """Every client message in order, until the client goes away or the connection is closing (a client
         that keeps sending after its close was queued is not read any more)."""
+        await self.greet()
         if first_message is not None:
             await self.on_text(first_message)
         while not self.outbox.closing:
