@@ -261,6 +261,9 @@ class Connection:
                 await self.on_text(message["text"])
             else:
                 self.on_binary()
+            # Messages already received are read without a pause: let the sender (and other connections)
+            # run between two, so replies reach a reading client instead of piling up in the outbox.
+            await asyncio.sleep(0)
 
     async def _watchdog(self) -> None:
         """Every tick: drop contexts whose client reads slower than real time, then the protocol's idle rule."""
