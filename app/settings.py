@@ -65,7 +65,8 @@ class Settings:
     max_contexts_per_connection: int = _opt(8, "Concurrent contexts on one connection.")
     max_buffered_text: int = _opt(20000, "Characters of unspoken text a context may hold.")
     max_message_bytes: int = _opt(65536, "Largest client message; larger closes with 1009.")
-    idle_timeout_s: float = _opt(180.0, "Close a connection that sends nothing for this long (1000 + event).")
+    idle_timeout_s: float = _opt(180.0, "Close a connection that sends nothing, gets no audio and waits for none "
+                                        "for this long (1000 + event).")
     ping_interval_s: float = _opt(20.0, "WebSocket ping interval (0 disables); a ping unanswered for this plus "
                                         "send_buffer_s closes with 1011.")
     send_buffer_s: float = _opt(30.0, "Audio seconds queued for a slow reader before its context is dropped.")
