@@ -112,6 +112,12 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
 
 # ---- the client's connection --------------------------------------------------------------------------------
 
+def client_id(request: Request) -> str:
+    """Who asks, for the engine's fair sharing: the client's address (every HTTP request is its own
+    connection, so the address is what ties one client's requests together)."""
+    return f"http:{request.client.host}" if request.client else "http"
+
+
 
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":

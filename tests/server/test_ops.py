@@ -64,7 +64,8 @@ shared_server = module_server()
                                   {"chunk_size": 50.5}, {}, {"chunk_size": 50, "other": 1}, [50], "{oops"])
 def test_configure_streaming_rejects_bad_values_with_422(shared_server, body):
     if isinstance(body, str):
-        response = shared_server.post("/configure-streaming", content=body.encode(), headers={"content-type": "application/json"})
+        response = shared_server.post("/configure-streaming", content=body.encode(),
+                                      headers={"content-type": "application/json"})
     else:
         response = shared_server.post("/configure-streaming", json=body)
     assert response.status_code == 422

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
