@@ -43,9 +43,10 @@ class KeyUsage:
 class Ticket:
     """One engine request's place in its quota; `done()` once it finished or was cancelled (idempotent)."""
 
-    def __init__(self, quota: "RequestQuota", start: Callable[[], None]):
+    def __init__(self, quota: "RequestQuota", start: Callable[[], None], key: KeyUsage | None):
         self._quota = quota
         self._start = start
+        self.key = key  # counted there until done, even if its connection has let go of the key by then
         self.started = False
         self.ended = False
 
@@ -72,7 +73,7 @@ class RequestQuota:
         if self.key is not None:
             self.key.check_request()
             self.key.requests += 1
-        ticket = Ticket(self, start)
+        ticket = Ticket(self, start, self.key)
         if self.running < self.max_running:
             self._start(ticket)
         else:
@@ -89,8 +90,8 @@ class RequestQuota:
         if ticket.ended:
             return
         ticket.ended = True
-        if self.key is not None:
-            self.key.requests -= 1
+        if ticket.key is not None:
+            ticket.key.requests -= 1
         if not ticket.started:
             self.waiting -= 1  # left in the deque, skipped when its turn comes (a cancel stays O(1))
             return
