@@ -37,15 +37,23 @@ CLOSE_WAIT_S = 2.0  # how long a close waits for queued frames to reach a client
 # How a refusal of the runtime (app/server/core/runtime.py) closes a new connection.
 _REFUSAL_CLOSE = {"shutting_down": (GOING_AWAY, "server shutting down"),
                   "warming_up": (TRY_AGAIN_LATER, "server warming up")}
-UNAUTHORIZED = "missing or invalid API key"
 
 
-class Unauthorized(Exception):
-    """The socket presented no valid key in time; `reply` is the protocol's message before the 1008 close."""
+class NotAdmitted(Exception):
+    """The socket may not be admitted: closed with `code` after the protocol's `reply`, if any."""
+
+    def __init__(self, code: int, reason: str, reply: Payload = None):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.reply = reply
+
+
+class Unauthorized(NotAdmitted):
+    """No valid key (in time)."""
 
     def __init__(self, reply: Payload = None):
-        super().__init__(UNAUTHORIZED)
-        self.reply = reply
+        super().__init__(POLICY_VIOLATION, "missing or invalid API key", reply)
 
 
 class Connection:
@@ -78,8 +86,8 @@ class Connection:
         await self.ws.accept(subprotocol=accepted_subprotocol(self.ws.scope))
         try:
             first_message = await self._authenticate()
-        except Unauthorized as refused:
-            await self._refuse(POLICY_VIOLATION, UNAUTHORIZED, refused.reply)
+        except NotAdmitted as refused:
+            await self._refuse(refused.code, refused.reason, refused.reply)
             return
         except WebSocketDisconnect:
             return
@@ -136,7 +144,7 @@ class Connection:
             raise Unauthorized()
         runtime = self.services.runtime
         if len(runtime.authenticating) >= self.services.settings.max_connections:
-            raise Unauthorized()
+            raise NotAdmitted(TRY_AGAIN_LATER, "too many connections waiting to authenticate")
         runtime.authenticating.add(self)
         try:
             message = await asyncio.wait_for(self.ws.receive(), self.services.settings.auth_timeout_s)
