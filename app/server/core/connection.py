@@ -116,7 +116,6 @@ class Connection:
             sender.cancel()
             runtime.connections.discard(self)
             metrics.active_connections.dec()
-            self._release_key()
 
     # ---- authentication and admission -----------------------------------------------------------------------
 
@@ -165,9 +164,6 @@ class Connection:
         usage = self.services.runtime.keys.setdefault(
             key_id(api_key), KeyUsage(settings.max_contexts_per_key, settings.max_requests_per_key))
         self.key = self.quota.key = usage
-
-    def _release_key(self) -> None:
-        self.key = self.quota.key = None
 
     async def _refuse(self, code: int, reason: str, reply: Payload) -> None:
         """Close a socket that was never admitted (nothing else is queued for it)."""
