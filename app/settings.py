@@ -72,9 +72,26 @@ class Settings:
     max_contexts_per_connection: int = _opt(8, "Concurrent contexts on one connection.")
     max_buffered_text: int = _opt(20000, "Characters of unspoken text a context may hold.")
     max_message_bytes: int = _opt(65536, "Largest client message; larger closes with 1009.")
-    idle_timeout_s: float = _opt(180.0, "Close a connection that sends nothing for this long (1000 + event).")
-    ping_interval_s: float = _opt(20.0, "WebSocket ping interval (0 disables).")
+    idle_timeout_s: float = _opt(180.0, "Close a connection that sends nothing, gets no audio and waits for none "
+                                        "for this long (1000 + event).")
+    ping_interval_s: float = _opt(20.0, "WebSocket ping interval (0 disables); a ping unanswered for this plus "
+                                        "send_buffer_s closes with 1011.")
     send_buffer_s: float = _opt(30.0, "Audio seconds queued for a slow reader before its context is dropped.")
+    max_send_queue_bytes: int = _opt(16 * 1024 * 1024, "Bytes one WebSocket connection may hold queued for its "
+                                                       "client; a context holding more than its share is dropped "
+                                                       "(`slow_consumer`), replies piling up unread close 1008.")
+    auth_timeout_s: float = _opt(5.0, "With --api-key: how long an ElevenLabs socket whose handshake carried no "
+                                      "key may take to send it in its first message (it holds no connection slot "
+                                      "meanwhile); then 1008.")
+    max_running_requests_per_connection: int = _opt(16, "Engine requests one connection may have in the engine at "
+                                                        "once; its later chunks wait their turn, in order.")
+    max_queued_requests_per_connection: int = _opt(1024, "Chunks one connection may have waiting for the engine "
+                                                         "beyond those; more fails the context "
+                                                         "(`too_many_requests`).")
+    max_contexts_per_key: int = _opt(0, "With --api-key: open contexts of all connections presenting the key "
+                                        "(0 = no cap beyond max_connections x max_contexts_per_connection).")
+    max_requests_per_key: int = _opt(0, "With --api-key: chunks running or waiting for the engine for all "
+                                        "connections presenting the key (0 = no cap).")
     drain_timeout_s: float = _opt(30.0, "On SIGTERM, how long active contexts may finish before exit.")
 
     # storage and caching
@@ -174,6 +191,11 @@ def validate_settings(s: Settings) -> None:
         raise ValueError("header_timeout_s and keep_alive_timeout_s must be positive")
     if s.ssl_keyfile and not s.ssl_certfile:
         raise ValueError("ssl_keyfile needs ssl_certfile")
+    if s.max_running_requests_per_connection < 1 or s.max_queued_requests_per_connection < 0:
+        raise ValueError("max_running_requests_per_connection must be at least 1, max_queued_requests_per_connection "
+                         "at least 0")
+    if s.max_send_queue_bytes < 64 * 1024 or s.auth_timeout_s <= 0:
+        raise ValueError("max_send_queue_bytes must be at least 65536 and auth_timeout_s positive")
 
 
 def settings_table() -> str:

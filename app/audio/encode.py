@@ -97,6 +97,7 @@ class AudioEncoder(Protocol):
     """Engine PCM in, client bytes out, as one continuous stream."""
 
     sample_rate: int
+    cpu_heavy: bool  # worth running off the event loop (MP3 encoding, resampling)
 
     @property
     def bytes_per_second(self) -> int: ...
@@ -116,6 +117,7 @@ class StreamEncoder:
         self.validate(encoding, sample_rate)
         self.encoding = encoding
         self.sample_rate = sample_rate
+        self.cpu_heavy = sample_rate != source_rate
         self._resampler = StreamResampler(source_rate, sample_rate)
         self._encode = _ENCODERS[encoding]
 
@@ -142,6 +144,8 @@ class StreamEncoder:
 class Mp3StreamEncoder:
     """Streaming constant-bitrate MP3 (LAME, through libsndfile): `encode` returns the frames finished so far.
     `flush` ends the MP3 stream and the next audio starts a new one; decoders play the streams back to back."""
+
+    cpu_heavy = True
 
     def __init__(self, sample_rate: int, kbps: int, source_rate: int = SAMPLE_RATE):
         self.sample_rate = sample_rate

@@ -108,6 +108,8 @@ class EngineRequest:
     deadline: float = field(default_factory=time.monotonic)
     first_in_context: bool = True  # the first chunk of a reply: favoured to cut time to first audio
     arrival: float = field(default_factory=time.monotonic)
+    # Who asked (a connection or API-key id): the scheduler shares decode rows fairly across clients.
+    client: str = ""
 
 
 @dataclass

@@ -119,6 +119,9 @@ async def _warm_up(state) -> None:
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     ping = settings.ping_interval_s or None  # 0 disables keepalive pings
+    # A pong comes back only after the client has read what was sent before the ping: a slow reader gets
+    # `slow_consumer` (after send_buffer_s) before the keepalive gives up on it with 1011.
+    ping_timeout = None if ping is None else ping + settings.send_buffer_s
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
         log_config=uvicorn_log_config(), ssl_certfile=settings.ssl_certfile or None,
@@ -126,7 +129,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         http=guarded_h11_protocol(settings.header_timeout_s, settings.max_http_connections),
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # call_later takes a float
         ws="websockets-sansio", ws_max_size=settings.max_message_bytes, ws_per_message_deflate=False,
-        ws_ping_interval=ping, ws_ping_timeout=ping, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+        ws_ping_interval=ping, ws_ping_timeout=ping_timeout, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 class DrainingServer(uvicorn.Server):

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket
 from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
 from app.errors import ClientError
-from app.server.auth import key_accepted, presented_keys
+from app.server.auth import presented_keys
 from app.server.core.close_codes import GOING_AWAY, INTERNAL_ERROR, NORMAL_CLOSURE, POLICY_VIOLATION
 from app.server.core.connection import Connection
 from app.server.core.context import Framing, StatsSource, StreamContext
@@ -75,7 +75,8 @@ class ElevenLabsError(Exception):
 
 
 def is_elevenlabs_path(path: str) -> bool:
-    """These routes check API keys themselves: their clients may send the key in the first message."""
+    """These routes check API keys themselves (app/server/core/connection.py): their clients may send the key
+    in the first message."""
     return _PATHS.fullmatch(path) is not None
 
 
@@ -162,7 +163,7 @@ def _seed(query: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
-def query_keys(websocket: WebSocket) -> list[str]:
+def handshake_keys(websocket: WebSocket) -> list[str]:
     """API keys in their places (header or query `xi-api-key`, query `authorization`), besides ours."""
     keys = list(presented_keys(websocket.scope))
     keys += [value for value in (websocket.headers.get("xi-api-key"),) if value]
@@ -382,21 +383,33 @@ class ElevenLabsConnection(Connection):
         self.multi = multi
         self.voice_id = websocket.path_params["voice_id"].lower()  # our ids are lower case
         self.options = Options()  # until `greet` reads the query
-        self._authorized = False
         self._input_closed = False  # end of input (single), close_socket (multi), or a fatal error
+
+    keys_in_first_message = True
 
     @property
     def idle_timeout_s(self) -> float:
         return self.options.inactivity_timeout_s
+
+    def handshake_keys(self) -> list[str]:
+        return handshake_keys(self.ws)
+
+    def message_keys(self, raw: str) -> list[str]:
+        try:
+            return list(Message.parse(raw).keys)
+        except ElevenLabsError:
+            return []
+
+    def unauthorized_reply(self) -> str:
+        return error_message(ElevenLabsError("invalid_api_key", "missing or invalid API key: send it in the "
+                                                                "xi-api-key header, or as xi_api_key in the first "
+                                                                "message"))
 
     async def greet(self) -> None:
         try:
             self.options = Options.parse(self.ws.query_params)
         except ElevenLabsError as exc:
             self._fatal(exc)  # the receive loop ends when the client answers the close
-            return
-        api_key = self.services.settings.api_key
-        self._authorized = not api_key or key_accepted(api_key, query_keys(self.ws))
 
     # ---- messages -------------------------------------------------------------------------------------------
 
@@ -408,7 +421,6 @@ class ElevenLabsConnection(Connection):
             return  # after the end, their server reads nothing more either
         try:
             message = Message.parse(raw)
-            self._authorize(message)
             if self.multi:
                 await self._on_multi(message)
             else:
@@ -417,15 +429,6 @@ class ElevenLabsConnection(Connection):
             self._fatal(exc)
         except ClientError as exc:  # the core refused (e.g. text after the end)
             self._fatal(ElevenLabsError.from_ours(exc.code, exc.message, self._context_of(message)))
-
-    def _authorize(self, message: Message) -> None:
-        """Without a key in the handshake, the first message must carry one."""
-        if self._authorized:
-            return
-        if not key_accepted(self.services.settings.api_key, message.keys):
-            raise ElevenLabsError("invalid_api_key", "missing or invalid API key: send it in the xi-api-key "
-                                                     "header, or as xi_api_key in the first message")
-        self._authorized = True
 
     async def _on_single(self, message: Message) -> None:
         context = self.contexts.get(DEFAULT_CONTEXT) or await self._open(DEFAULT_CONTEXT, message.voice_settings)
@@ -536,10 +539,10 @@ class ElevenLabsConnection(Connection):
         timeout = self.idle_timeout_s
         if self.multi:
             for context in list(self.contexts.values()):
-                if not context.ended and now - context.last_activity > timeout:
+                if not context.ended and now - context.last_activity > timeout and not context.awaiting_audio():
                     context.end(speak_buffered=False)
         waiting_for_input = not self._input_closed and not (self.multi and self.contexts)
-        if not waiting_for_input or now - self.last_activity <= timeout:
+        if not waiting_for_input or now - self.last_activity <= timeout or self.awaiting_audio():
             return False
         self._fatal(ElevenLabsError(
             "input_timeout_exceeded", f"Have not received a new text input within the timeout of {timeout:g} "

@@ -23,6 +23,7 @@ from app.server.core.speech import Speech
 T = TypeVar("T")
 
 PAYLOAD_TOO_LARGE = 413
+UNSUPPORTED_MEDIA_TYPE = 415
 CLIENT_CLOSED_REQUEST = 499  # nobody reads it: the client is gone
 
 
@@ -83,9 +84,21 @@ def limited_receive(receive: Receive, limit: int) -> Receive:
     return counting
 
 
+def check_json_content_type(request: Request) -> None:
+    """Refuse (415) a body not declared as JSON: a web page can post `text/plain` (or no type at all) to any
+    origin without a preflight, so accepting those would let any page make this server speak."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not (media_type.startswith("application/")
+                                                 and media_type.endswith("+json")):
+        raise ClientError("unsupported_media_type", f"the body must be JSON sent with Content-Type: "
+                                                    f"application/json, not {media_type or 'no type'}",
+                          UNSUPPORTED_MEDIA_TYPE)
+
+
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, read up to `limit` bytes (`BodyTooLarge` past it, `bad_json` if it is not
-    a JSON object)."""
+    """The body as a JSON object, read up to `limit` bytes (415 unless declared as JSON, `BodyTooLarge` past
+    the limit, `bad_json` if it is not a JSON object)."""
+    check_json_content_type(request)
     check_declared_length(request, limit)
     bounded = Request(request.scope, receive=limited_receive(request.receive, limit))
     try:
@@ -98,6 +111,12 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
 
 
 # ---- the client's connection --------------------------------------------------------------------------------
+
+def client_id(request: Request) -> str:
+    """Who asks, for the engine's fair sharing: the client's address (every HTTP request is its own
+    connection, so the address is what ties one client's requests together)."""
+    return f"http:{request.client.host}" if request.client else "http"
+
 
 
 async def _disconnected(receive: Receive) -> None:

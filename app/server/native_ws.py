@@ -73,7 +73,7 @@ class StreamConnection(Connection):
 
     async def check_idle(self, now: float) -> bool:
         idle_timeout_s = self.idle_timeout_s
-        if now - self.last_activity <= idle_timeout_s:
+        if now - self.last_activity <= idle_timeout_s or self.awaiting_audio():
             return False
         self.send_error("idle_timeout", f"nothing sent or received for {idle_timeout_s:g} s")
         await self.close(NORMAL_CLOSURE, "idle timeout")

@@ -40,7 +40,7 @@ from app.errors import ClientError
 from app.server.core.speech import (INTERNAL_SERVER_ERROR, AudioBody, FileBody, Speech, SpeechRequest,
                                     SpeechService)
 from app.server.core.spec import GENERATION_FIELDS, generation_from_fields
-from app.server.http_common import ClosingStreamingResponse, json_body_limit, opened, read_json_object
+from app.server.http_common import ClosingStreamingResponse, client_id, json_body_limit, opened, read_json_object
 from app.voices.library import DEFAULT_VOICE_ID, VoiceError
 
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15", "chatterbox")
@@ -78,7 +78,7 @@ async def speech(request: Request) -> Response:
         body = await read_json_object(request, json_body_limit(MAX_INPUT_CHARS))
         speech_request, fmt, speed, stream_format = _parse(body, service)
         audio = _audio_body(service, fmt, speed)
-        prepared = await service.prepare(speech_request, audio, received)
+        prepared = await service.prepare(speech_request, audio, received, client_id(request))
         await opened(request, prepared)
     except ClientError as exc:  # OpenAI's shape, not our routes' one
         return _error_response(request, exc)

@@ -32,8 +32,8 @@ from app.errors import ClientError
 from app.server.core.speech import OUTPUT_RATE, SpeechRequest, SpeechService
 from app.server.core.spec import (GENERATION_FIELDS, PRIORITY_RANGE, UNPROCESSABLE, generation_from_fields,
                                   priority_in_range)
-from app.server.http_common import (ClosingStreamingResponse, finished_audio, json_body_limit, opened,
-                                    read_json_object)
+from app.server.http_common import (ClosingStreamingResponse, client_id, finished_audio, json_body_limit,
+                                    opened, read_json_object)
 from app.voices.library import DEFAULT_VOICE_ID
 
 _FIELDS = frozenset({"text", "voice", "streaming", "priority", "enable_batching", "response_format"}
@@ -47,7 +47,8 @@ async def synthesize(request: Request) -> Response:
     service = SpeechService.from_state(state)
     body = await read_json_object(request, json_body_limit(state.settings.max_buffered_text))
     speech_request, fmt, streaming = _parse(body, service.base_generation, state.settings.max_buffered_text)
-    speech = await service.prepare(speech_request, service.audio_body(fmt, streaming), received)
+    speech = await service.prepare(speech_request, service.audio_body(fmt, streaming), received,
+                                   client_id(request))
     headers = {"X-Sample-Rate": str(OUTPUT_RATE)}
     if streaming:
         await opened(request, speech)

@@ -39,8 +39,8 @@ from app.errors import ClientError
 log = logging.getLogger(__name__)
 
 DEFAULT_VOICE_ID = "default"
-VOICE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_ENGINE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+VOICE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: no trailing newline
+_ENGINE_KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
 MIN_SAMPLE_RATE = 8000  # below telephone bandwidth too little of the voice's timbre survives
 # Less sound than this gives speaker encoders (and espeak's pitch estimate) too little to average over.
@@ -76,7 +76,7 @@ _DEFAULT_RECORD = VoiceRecord(id=DEFAULT_VOICE_ID, name=DEFAULT_VOICE_ID, hash="
 
 
 def validate_voice_id(voice_id: str) -> str:
-    if not isinstance(voice_id, str) or not VOICE_ID_PATTERN.match(voice_id):
+    if not isinstance(voice_id, str) or not VOICE_ID_PATTERN.fullmatch(voice_id):
         raise VoiceError("invalid_voice_name",
                          f"invalid voice name {str(voice_id)[:80]!r}: use 1-64 characters of a-z, 0-9, '_' and "
                          "'-', starting with a letter or digit", 400)
@@ -87,7 +87,7 @@ class VoiceLibrary:
     def __init__(self, root: Path, engine_key: str, max_upload_bytes: int,
                  embed: Callable[[np.ndarray, int], Awaitable[Any]], save: Callable[[Any, str], None],
                  load: Callable[[str], Any], default_voice: Any, memory_cache_size: int = 32):
-        if not _ENGINE_KEY_PATTERN.match(engine_key):
+        if not _ENGINE_KEY_PATTERN.fullmatch(engine_key):
             raise ValueError(f"engine_key {engine_key!r} must match {_ENGINE_KEY_PATTERN.pattern}")
         self._records_dir = Path(root) / "_records"
         self._audio_dir = Path(root) / "_audio"

@@ -140,7 +140,7 @@ def test_error_body_has_all_four_fields(server):
                                                      "response_format": "aac"})
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
-    broken = server.post("/v1/audio/speech", content=b"{")
+    broken = server.post("/v1/audio/speech", content=b"{", headers={"content-type": "application/json"})
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
 
 

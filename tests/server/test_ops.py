@@ -64,7 +64,8 @@ shared_server = module_server()
                                   {"chunk_size": 50.5}, {}, {"chunk_size": 50, "other": 1}, [50], "{oops"])
 def test_configure_streaming_rejects_bad_values_with_422(shared_server, body):
     if isinstance(body, str):
-        response = shared_server.post("/configure-streaming", content=body.encode())
+        response = shared_server.post("/configure-streaming", content=body.encode(),
+                                      headers={"content-type": "application/json"})
     else:
         response = shared_server.post("/configure-streaming", json=body)
     assert response.status_code == 422
@@ -75,9 +76,11 @@ def test_configure_streaming_rejects_bad_values_with_422(shared_server, body):
 
 def test_configure_streaming_refuses_a_large_body_with_413(shared_server):
     padded = b'{"chunk_size": 60, "pad": "' + b"x" * 1_000_000 + b'"}'
-    response = shared_server.post("/configure-streaming", content=padded)
+    response = shared_server.post("/configure-streaming", content=padded,
+                                  headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
-    chunked = shared_server.post("/configure-streaming", content=iter([padded[:600], padded[600:]]))  # no length
+    chunked = shared_server.post("/configure-streaming", content=iter([padded[:600], padded[600:]]),
+                                  headers={"content-type": "application/json"})  # no length
     assert chunked.status_code == 413
     assert shared_server.post("/configure-streaming", json={"chunk_size": 50}).status_code == 200  # control
 

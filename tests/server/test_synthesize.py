@@ -145,9 +145,10 @@ def test_invalid_requests_are_refused_with_a_clear_error(server, fields, status,
 
 
 def test_malformed_and_oversized_bodies_are_refused(server):
-    assert server.post("/synthesize", content=b"{not json").json()["error"]["code"] == "bad_json"
-    assert server.post("/synthesize", content=b"[1, 2]").status_code == 400
-    huge = server.post("/synthesize", content=b"x" * (12 * 20000 + 70 * 1024))
+    json_type = {"content-type": "application/json"}
+    assert server.post("/synthesize", content=b"{not json", headers=json_type).json()["error"]["code"] == "bad_json"
+    assert server.post("/synthesize", content=b"[1, 2]", headers=json_type).status_code == 400
+    huge = server.post("/synthesize", content=b"x" * (12 * 20000 + 70 * 1024), headers=json_type)
     assert huge.status_code == 413
     accepted = synthesize(server, text="Valid settings pass.", exaggeration=0.9, cfg_weight=0.3, temperature=0.6,
                           top_p=0.9, min_p=0.1, repetition_penalty=1.5, priority=10, enable_batching=False, seed=7)

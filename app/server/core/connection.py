@@ -1,25 +1,32 @@
-"""One WebSocket connection, whatever its protocol: admission, registration with the runtime, the `Outbox`
-and its sender task (the only writer to the socket), the receive loop, the watchdog (slow readers, idleness)
-and the connection's contexts. Protocol adapters subclass it (app/server/native_ws.py,
-app/server/elevenlabs.py).
+"""One WebSocket connection, whatever its protocol: authentication, admission, registration with the runtime,
+the `Outbox` and its sender task (the only writer to the socket), the receive loop, the watchdog (slow
+readers, idleness), the connection's contexts and its quota of engine requests. Protocol adapters subclass it
+(app/server/native_ws.py, app/server/elevenlabs.py).
+
+Authentication comes before admission: with an API key set, a socket whose handshake (headers, query,
+subprotocol) carries no valid key is closed with 1008, unless its protocol lets the first message carry the
+key (ElevenLabs'); such a socket waits for that message at most `auth_timeout_s`, in a pool of its own
+(`Runtime.authenticating`), and takes a connection slot only once its key is accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from typing import Callable
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from app.audio.encode import AudioEncoder
 from app.errors import ClientError
-from app.server.auth import accepted_subprotocol
-from app.server.core.close_codes import GOING_AWAY, TRY_AGAIN_LATER
+from app.server.auth import accepted_subprotocol, key_accepted, presented_keys
+from app.server.core.close_codes import GOING_AWAY, POLICY_VIOLATION, TRY_AGAIN_LATER
 from app.server.core.context import Framing, StreamContext
-from app.server.core.outbox import Outbox
+from app.server.core.outbox import Outbox, Payload
+from app.server.core.quota import KeyUsage, RequestQuota, key_id
 from app.server.core.services import Services
 from app.server.core.spec import ContextSpec
 
@@ -32,19 +39,43 @@ _REFUSAL_CLOSE = {"shutting_down": (GOING_AWAY, "server shutting down"),
                   "warming_up": (TRY_AGAIN_LATER, "server warming up")}
 
 
+class NotAdmitted(Exception):
+    """The socket may not be admitted: closed with `code` after the protocol's `reply`, if any."""
+
+    def __init__(self, code: int, reason: str, reply: Payload = None):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.reply = reply
+
+
+class Unauthorized(NotAdmitted):
+    """No valid key (in time)."""
+
+    def __init__(self, reply: Payload = None):
+        super().__init__(POLICY_VIOLATION, "missing or invalid API key", reply)
+
+
 class Connection:
     """Admission, registration with the runtime, the outbox and its sender, the watchdog and the registry of
     contexts. Subclasses speak a protocol: they greet, turn client text frames into context calls
     (`on_text`), and decide what idleness means (`check_idle`)."""
 
+    keys_in_first_message = False  # the protocol lets a socket send its API key in its first message
+
     def __init__(self, websocket: WebSocket, services: Services):
         self.ws = websocket
         self.services = services
+        settings = services.settings
         self.id = uuid.uuid4().hex[:12]
-        self.outbox = Outbox(websocket)
+        self.outbox = Outbox(websocket, settings.max_send_queue_bytes)
         self.contexts: dict[str, StreamContext] = {}
         self.last_activity = time.monotonic()
+        self.key: KeyUsage | None = None  # what every connection with this one's API key holds (keys only)
+        self.quota = RequestQuota(settings.max_running_requests_per_connection,
+                                  settings.max_queued_requests_per_connection)
         self._next_serial = 1
+        self._ended = asyncio.Event()  # set when the connection gives up on a client that stopped reading
 
     @property
     def idle_timeout_s(self) -> float:
@@ -53,6 +84,13 @@ class Connection:
 
     async def serve(self) -> None:
         await self.ws.accept(subprotocol=accepted_subprotocol(self.ws.scope))
+        try:
+            first_message = await self._authenticate()
+        except NotAdmitted as refused:
+            await self._refuse(refused.code, refused.reason, refused.reply)
+            return
+        except WebSocketDisconnect:
+            return
         refusal = self._refusal()
         if refusal is not None:
             await self.ws.close(*refusal)
@@ -62,16 +100,77 @@ class Connection:
         metrics.active_connections.inc()
         sender = asyncio.create_task(self.outbox.run())
         watchdog = asyncio.create_task(self._watchdog())
+        receiver = asyncio.create_task(self._receive(first_message))
+        ended = asyncio.create_task(self._ended.wait())
         try:
-            await self.greet()
-            await self._receive_loop()
+            await asyncio.wait({receiver, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver.done():
+                receiver.result()  # a bug in a handler surfaces here, as it did in the receive loop
         finally:
+            for task in (receiver, ended, watchdog):
+                task.cancel()
             for context in list(self.contexts.values()):
                 context.abort(None)
-            watchdog.cancel()
+            if self.outbox.closing:  # let a close already queued reach the client
+                await self._wait_closed()
             sender.cancel()
             runtime.connections.discard(self)
             metrics.active_connections.dec()
+
+    # ---- authentication and admission -----------------------------------------------------------------------
+
+    def handshake_keys(self) -> list[str]:
+        """The API keys the handshake carries (a protocol may accept more places than ours)."""
+        return presented_keys(self.ws.scope)
+
+    def message_keys(self, raw: str) -> list[str]:
+        """The API keys a first message carries (protocols with `keys_in_first_message`)."""
+        return []
+
+    def unauthorized_reply(self) -> Payload:
+        """What the protocol says before closing an unauthorized socket with 1008 (None: only the close)."""
+        return None
+
+    async def _authenticate(self) -> str | None:
+        """Returns the first message when that is what carried the key (it is then handled as usual)."""
+        api_key = self.services.settings.api_key
+        if not api_key:
+            return None
+        if key_accepted(api_key, self.handshake_keys()):
+            self._take_key(api_key)
+            return None
+        if not self.keys_in_first_message:
+            raise Unauthorized()
+        runtime = self.services.runtime
+        if len(runtime.authenticating) >= self.services.settings.max_connections:
+            raise NotAdmitted(TRY_AGAIN_LATER, "too many connections waiting to authenticate")
+        runtime.authenticating.add(self)
+        try:
+            message = await asyncio.wait_for(self.ws.receive(), self.services.settings.auth_timeout_s)
+        except TimeoutError:
+            raise Unauthorized(self.unauthorized_reply()) from None
+        finally:
+            runtime.authenticating.discard(self)
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        raw = message.get("text")
+        if raw is None or not key_accepted(api_key, self.message_keys(raw)):
+            raise Unauthorized(self.unauthorized_reply())
+        self._take_key(api_key)
+        return raw
+
+    def _take_key(self, api_key: str) -> None:
+        settings = self.services.settings
+        usage = self.services.runtime.keys.setdefault(
+            key_id(api_key), KeyUsage(settings.max_contexts_per_key, settings.max_requests_per_key))
+        self.key = self.quota.key = usage
+
+    async def _refuse(self, code: int, reason: str, reply: Payload) -> None:
+        """Close a socket that was never admitted (nothing else is queued for it)."""
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, TimeoutError):
+            if isinstance(reply, str):
+                await asyncio.wait_for(self.ws.send_text(reply), CLOSE_WAIT_S)
+            await asyncio.wait_for(self.ws.close(code, reason), CLOSE_WAIT_S)
 
     def _refusal(self) -> tuple[int, str] | None:
         runtime = self.services.runtime
@@ -83,12 +182,17 @@ class Connection:
         return None
 
     async def close(self, code: int, reason: str) -> None:
-        """Close after what is queued (used by the idle watchdog and the drain)."""
+        """Close after what is queued (used by the idle watchdog and the drain); a client that does not take
+        the close within CLOSE_WAIT_S is given up on."""
         self.outbox.close(code, reason)
+        await self._wait_closed()
+
+    async def _wait_closed(self) -> None:
         try:
-            await asyncio.wait_for(self.outbox.finished.wait(), CLOSE_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self.outbox.finished.wait()), CLOSE_WAIT_S)
         except TimeoutError:
-            log.warning("connection %s: client not reading; close %d not delivered", self.id, code)
+            log.warning("connection %s: client not reading; its close was not delivered", self.id)
+            self._ended.set()
 
     # ---- what a protocol provides ---------------------------------------------------------------------------
 
@@ -122,22 +226,37 @@ class Connection:
         if len(self.contexts) >= settings.max_contexts_per_connection:
             raise ClientError("too_many_contexts", f"at most {settings.max_contexts_per_connection} open "
                                                    "contexts per connection")
+        if self.key is not None:
+            self.key.check_context()
         voice = await self.services.voices.conditionals(spec.voice)  # a VoiceError is a ClientError
         serial = self._next_serial
         self._next_serial += 1
         context = StreamContext(self, spec, serial, voice, spec.chunk_size or runtime.chunk_size, encoder,
                                 framing(serial))
         self.contexts[context_id] = context
+        if self.key is not None:
+            self.key.contexts += 1
         return context
 
     def forget(self, context: StreamContext) -> None:
         if self.contexts.get(context.id) is context:
             del self.contexts[context.id]
+            if self.key is not None:
+                self.key.contexts -= 1
+
+    def awaiting_audio(self) -> bool:
+        """Some context has text in its chunker or chunks in the engine: the client is waiting, not idle."""
+        return any(context.awaiting_audio() for context in self.contexts.values())
 
     # ---- receiving and watching -----------------------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        while True:
+    async def _receive(self, first_message: str | None) -> None:
+        """Every client message in order, until the client goes away or the connection is closing (a client
+        that keeps sending after its close was queued is not read any more)."""
+        await self.greet()
+        if first_message is not None:
+            await self.on_text(first_message)
+        while not self.outbox.closing:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -146,6 +265,9 @@ class Connection:
                 await self.on_text(message["text"])
             else:
                 self.on_binary()
+            # Messages already received are read without a pause: let the sender (and other connections)
+            # run between two, so replies reach a reading client instead of piling up in the outbox.
+            await asyncio.sleep(0)
 
     async def _watchdog(self) -> None:
         """Every tick: drop contexts whose client reads slower than real time, then the protocol's idle rule."""
@@ -154,6 +276,9 @@ class Connection:
             # The idle limit may come with the protocol's handshake, so the tick is worked out every time.
             tick = min(WATCHDOG_TICK_S, settings.send_buffer_s / 4, self.idle_timeout_s / 4)
             await asyncio.sleep(max(0.01, tick))
+            if self.outbox.closing:  # a close is queued: it reaches the client, or the client is given up on
+                await self._wait_closed()
+                return
             now = time.monotonic()
             for context in list(self.contexts.values()):
                 if context.reader_lag_s(now) > settings.send_buffer_s:

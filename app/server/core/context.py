@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from app.audio.encode import AudioEncoder
 from app.engine.types import EngineError
@@ -87,7 +87,7 @@ class StreamContext:
         self.times = ContextTimes()
         self.clock = PlaybackClock()
         self.pipeline = ChunkPipeline(self.services, f"{connection.id}-{serial}", voice, spec.generation,
-                                      spec.priority)
+                                      spec.priority, client=connection.id, quota=connection.quota)
         # A drain waits for the context; past its deadline the connection's 1001 close ends it.
         self._stream = self.services.runtime.open_stream(stop=lambda: None)
         self._waiting: deque[tuple[float, float]] = deque()  # (queued at, seconds) of frames not yet sent
@@ -157,6 +157,10 @@ class StreamContext:
 
     # ---- chunks and engine requests -------------------------------------------------------------------------
 
+    def awaiting_audio(self) -> bool:
+        """Text in the chunker or chunks not yet spoken: the client is waiting for audio."""
+        return self.chunker.pending_chars > 0 or bool(self.pipeline.pending)
+
     def unspoken_chars(self) -> int:
         return self.chunker.pending_chars + sum(len(job.chunk.text) for job in self.pipeline.pending)
 
@@ -174,8 +178,12 @@ class StreamContext:
         return max(0.0, now - needed_from)
 
     def _release(self, chunks: list[TextChunk], now: float) -> None:
-        for chunk in chunks:
-            self._start_chunk(chunk, now)
+        try:
+            for chunk in chunks:
+                self._start_chunk(chunk, now)
+        except ClientError as exc:  # the client's quota of engine requests is full
+            self.fail(exc.code, exc.message)
+            return
         self._schedule_poll()
 
     def _start_chunk(self, chunk: TextChunk, now: float) -> None:
@@ -217,9 +225,19 @@ class StreamContext:
         except EngineError as exc:
             self.fail("engine_error", exc.message)
 
-    def on_audio(self, piece: AudioPiece) -> None:
+    def on_audio(self, piece: AudioPiece) -> Awaitable[None] | None:
+        if self.encoder.cpu_heavy:
+            return self._encode_off_loop(piece)
         job = piece.job
         self._queue_audio(self.encoder.encode(piece.pcm), job.times, job.chunk, piece.ends_chunk)
+        return None
+
+    async def _encode_off_loop(self, piece: AudioPiece) -> None:
+        """MP3 and resampling in a thread, so other streams are not held up; `deliver` awaits it before the
+        next event, so frames stay in order."""
+        data = await asyncio.to_thread(self.encoder.encode, piece.pcm)
+        if not self.closed:
+            self._queue_audio(data, piece.job.times, piece.job.chunk, piece.ends_chunk)
 
     def on_chunk_done(self, job: ChunkJob) -> None:
         self._last_times = job.times
@@ -238,11 +256,15 @@ class StreamContext:
     def _queue_audio(self, data: bytes, times: ChunkTimes | None, chunk: TextChunk | None = None,
                      chunk_ends: bool = False) -> None:
         """Split into frames of at most the framing's frame_seconds and queue them."""
-        if not data or times is None:
+        if not data or times is None or self.closed:
             return
         now = time.monotonic()
         for start in range(0, len(data), self.frame_bytes):
             piece = data[start:start + self.frame_bytes]
+            if self.outbox.over_share(self, len(piece)):
+                self.fail("slow_consumer", f"the client read too slowly: more than its share of "
+                                           f"{self.outbox.max_bytes} bytes waited to be sent")
+                return
             seconds = len(piece) / self.encoder.bytes_per_second
             self._waiting.append((now, seconds))
             self._waiting_s += seconds

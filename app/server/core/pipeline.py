@@ -14,12 +14,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, AsyncIterator, Protocol, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Protocol, TypeVar
 
 import numpy as np
 
 from app.engine.types import EngineError, EngineRequest, GenerationSettings
 from app.engine.worker import RequestHandle
+from app.server.core.quota import RequestQuota, Ticket
 from app.server.core.services import Services
 from app.server.core.stats import ChunkTimes
 from app.text.chunker import TextChunk
@@ -42,6 +43,7 @@ class ChunkJob:
         self.last_piece: np.ndarray | None = None
         self._handle: RequestHandle | None = None
         self._reader: asyncio.Task | None = None
+        self.ticket: Ticket | None = None  # its place in the client's quota, if it has one
 
     def start(self, handle: RequestHandle) -> None:
         self._handle = handle
@@ -56,6 +58,7 @@ class ChunkJob:
         return max(0.0, len(self.chunk.speak_text) / SPEECH_CHARS_PER_SECOND - self.emitted_s)
 
     def cancel(self) -> None:
+        self._release_ticket()
         if self._handle is not None:
             self._handle.cancel()  # frees the engine slot before the worker's next step
         if self._reader is not None:
@@ -72,8 +75,13 @@ class ChunkJob:
         except EngineError as exc:
             self.error = exc
         finally:
+            self._release_ticket()
             self.times.last_synthesized = time.monotonic()
             self.pieces.put_nowait(None)
+
+    def _release_ticket(self) -> None:
+        if self.ticket is not None:
+            self.ticket.done()
 
 
 class Marker(Enum):
@@ -109,7 +117,7 @@ class PipelineSink(Protocol[T]):
     """What a reply's events turn into, in order. A method's result, unless None, is what `deliver` yields
     (an HTTP body's bytes); a sink that pushes its output elsewhere (a socket's outbox) returns None."""
 
-    def on_audio(self, piece: AudioPiece) -> T | None: ...
+    def on_audio(self, piece: AudioPiece) -> T | None | Awaitable[T | None]: ...
 
     def on_chunk_done(self, job: ChunkJob) -> T | None: ...
 
@@ -118,11 +126,14 @@ class PipelineSink(Protocol[T]):
 
 class ChunkPipeline:
     """The chunks of one reply, spoken with one voice, settings and priority; engine request ids are
-    `{request_prefix}-{chunk index}`."""
+    `{request_prefix}-{chunk index}`. `client` names who asks (the engine shares its rows fairly across
+    clients); with a `quota`, requests beyond the client's running limit wait there for their turn."""
 
     def __init__(self, services: Services, request_prefix: str, voice: Any, settings: GenerationSettings,
-                 priority: int):
+                 priority: int, client: str = "", quota: RequestQuota | None = None):
         self.services = services
+        self.client = client
+        self.quota = quota
         self.request_prefix = request_prefix
         self.voice = voice
         self.settings = settings
@@ -134,16 +145,27 @@ class ChunkPipeline:
 
     def release(self, chunk: TextChunk, now: float, buffered_s: float = 0.0) -> ChunkJob:
         """Submit `chunk` for synthesis (a chunk with nothing to speak gets no request, and no audio).
-        `buffered_s`: audio the listener has ahead of it already."""
+        `buffered_s`: audio the listener has ahead of it already. Raises `ClientError` (`too_many_requests`)
+        when the client's quota is full."""
         job = ChunkJob(chunk, ChunkTimes(first_text=chunk.first_text_at or now, released=now))
         if chunk.speak_text.strip():
-            job.start(self.services.worker.submit(self._request(chunk, now, buffered_s)))
+            self._submit(job, self._request(chunk, now, buffered_s))
         else:
             job.finish_empty()
         self._released += 1
         self.pending.append(job)
         self._plan.put_nowait(job)
         return job
+
+    def _submit(self, job: ChunkJob, request: EngineRequest) -> None:
+        def start() -> None:
+            if not self._cancelled:
+                job.start(self.services.worker.submit(request))
+
+        if self.quota is None:
+            start()
+        else:
+            job.ticket = self.quota.admit(start)
 
     def mark(self, marker: Marker) -> None:
         """`marker` is yielded by `ordered()` once the audio of every chunk released before it was."""
@@ -179,10 +201,13 @@ class ChunkPipeline:
 
     async def deliver(self, sink: PipelineSink[T]) -> AsyncIterator[T]:
         """Every event of `ordered()` handed to `sink`, yielding what it returns; ends and raises as
-        `ordered()` does."""
+        `ordered()` does. `on_audio` may return a coroutine (CPU-heavy encoding it runs off the event loop):
+        it is awaited before the next event, so the order holds."""
         async for event in self.ordered():
             if isinstance(event, AudioPiece):
                 result = sink.on_audio(event)
+                if asyncio.iscoroutine(result):
+                    result = await result
             elif isinstance(event, ChunkDone):
                 result = sink.on_chunk_done(event.job)
             else:
@@ -194,7 +219,7 @@ class ChunkPipeline:
         return EngineRequest(
             request_id=f"{self.request_prefix}-{chunk.index}", text=chunk.speak_text, voice=self.voice,
             settings=self.settings, priority=self.priority, deadline=self._deadline(now, buffered_s),
-            first_in_context=self._released == 0, arrival=now)
+            first_in_context=self._released == 0, arrival=now, client=self.client)
 
     def _deadline(self, now: float, buffered_s: float) -> float:
         """When the listener runs dry if this chunk has no audio by then: after the audio it has and the

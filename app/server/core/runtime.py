@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 from app.errors import ClientError
 from app.metrics import Metrics
 from app.server.core.close_codes import GOING_AWAY
+from app.server.core.quota import KeyUsage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class Runtime:
         self.draining = False
         self.chunk_size = chunk_size  # default for new contexts; POST /configure-streaming changes it
         self.connections: set[Closable] = set()
+        # Sockets still waiting for their first message's API key: a pool apart, so they take no slot of
+        # `connections` from clients that authenticated.
+        self.authenticating: set[object] = set()
+        self.keys: dict[str, KeyUsage] = {}  # what every connection presenting one API key holds, by key_id
         self.streams: set[ActiveStream] = set()
         self._metrics = metrics
         self._streams_changed = asyncio.Event()

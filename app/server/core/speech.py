@@ -182,6 +182,7 @@ class Speech:
     conditionals: Any
     key: tuple | None  # None: not cacheable
     timings: SpeechTimings
+    client: str = ""  # who asks: the engine shares its rows fairly across clients
     cache_status: str = "bypass"  # "hit" | "miss" | "bypass" (no seed, or the cache is off)
     _pipeline: ChunkPipeline | None = None
     _pending: list[bytes] = field(default_factory=list)
@@ -235,7 +236,7 @@ class Speech:
     def _start(self) -> None:
         services = self.services
         self._pipeline = ChunkPipeline(services, f"http-{uuid.uuid4().hex[:12]}", self.conditionals,
-                                       self.request.settings, self.request.priority)
+                                       self.request.settings, self.request.priority, client=self.client)
         now = time.monotonic()
         for chunk in self.chunks:
             self._pipeline.release(chunk, now)
@@ -317,8 +318,9 @@ class SpeechService:
             return PcmBody(wav_header=fmt == "wav", source_rate=self.services.sample_rate)
         return FileBody(fmt, source_rate=self.services.sample_rate)
 
-    async def prepare(self, request: SpeechRequest, audio: AudioBody, received: float) -> Speech:
-        """Raises `ClientError` (a `VoiceError` among them) when it cannot be spoken."""
+    async def prepare(self, request: SpeechRequest, audio: AudioBody, received: float, client: str = "") -> Speech:
+        """Raises `ClientError` (a `VoiceError` among them) when it cannot be spoken. `client` names who asks
+        (the engine shares its rows fairly across clients)."""
         refusal = self.services.runtime.refusal()
         if refusal is not None:
             raise refusal
@@ -333,7 +335,7 @@ class SpeechService:
             spoken = "\n".join(chunk.speak_text for chunk in chunks)  # exactly what the engine is given
             key = cache_key(spoken, record.id, record.hash, request.settings, audio.cache_name, OUTPUT_RATE)
         timings = SpeechTimings(received=received, sample_rate=self.services.sample_rate)
-        return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings)
+        return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings, client)
 
     def _chunks(self, text: str) -> list[TextChunk]:
         chunker = AdaptiveChunker(ChunkerConfig(chunk_size=self.services.runtime.chunk_size))
