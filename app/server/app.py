@@ -75,12 +75,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
 
 
 def _serve_unrouted_paths(app: Starlette, static: ASGIApp) -> None:
-    """The demo page's files answer the HTTP paths no route takes. As the router's default rather than a
-    catch-all mount, so a route's path asked with the wrong method still gets 405, not the page's 404."""
+    """The demo page's files answer the GET and HEAD requests no route takes. As the router's default rather
+    than a catch-all mount, so a route's path asked with the wrong method still gets 405, not the page's 404;
+    other methods on unknown paths get 404."""
     not_found = app.router.not_found
 
     async def default(scope: Scope, receive: Receive, send: Send) -> None:
-        await (static if scope["type"] == "http" else not_found)(scope, receive, send)
+        is_read = scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+        await (static if is_read else not_found)(scope, receive, send)
 
     app.router.default = default
 
