@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.audio.encode import decode_audio
+from app.audio.encode import StreamEncoder, decode_audio
 from app.engine.types import GenerationSettings
 from app.server.elevenlabs import ElevenLabsError, generation_settings
 from app.text.normalize import normalize_stream
@@ -167,7 +167,7 @@ async def test_single_stream_speaks_the_pieces_then_sends_is_final_and_closes(se
 
 
 async def test_every_pcm_rate_carries_the_same_audio(server):
-    rates = (8000, 16000, 22050, 24000, 44100, 48000)
+    rates = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # 32 kHz: Pipecat's pcm_32000
     samples = {rate: len((await speak(server, TEXT, output_format=f"pcm_{rate}")).audio()) // 2
                for rate in rates}
     for rate in rates:
@@ -181,6 +181,14 @@ async def test_ulaw_8000_is_g711_mu_law_of_the_8_khz_audio(server):
     decoded = mulaw_expand(codes)
     step = 1 << (((~codes.astype(np.int32)) >> 4 & 7) + 4)  # twice the quantization step of each code's segment
     assert np.all(np.abs(decoded - linear) <= step)
+
+
+async def test_alaw_8000_is_g711_a_law_of_the_8_khz_audio(server):
+    linear = np.frombuffer((await speak(server, TEXT, output_format="pcm_8000")).audio(), dtype="<i2")
+    codes = np.frombuffer((await speak(server, TEXT, output_format="alaw_8000")).audio(), dtype=np.uint8)
+    assert len(codes) == len(linear)  # one byte a sample
+    np.testing.assert_array_equal(codes, np.frombuffer(StreamEncoder("alaw", 8000, source_rate=8000).encode(linear / 32767.0),
+                                                       dtype=np.uint8))
 
 
 @pytest.mark.parametrize("output_format, rate, kbps", [("mp3_44100_128", 44100, 128), ("mp3_22050_32", 22050, 32)])
@@ -330,7 +338,8 @@ async def test_bad_message_gets_their_error_and_closes_1008(server, raw, error):
 
 @pytest.mark.parametrize("voice, query, error", [
     ("default", {"output_format": "opus_48000_64"}, "invalid_output_format"),
-    ("default", {"output_format": "pcm_32000"}, "invalid_output_format"),
+    ("default", {"output_format": "wav_16000"}, "invalid_output_format"),  # HTTP only
+    ("default", {"output_format": "pcm_12345"}, "invalid_output_format"),
     ("default", {"inactivity_timeout": 500}, "invalid_parameters"),
     ("default", {"auto_mode": "maybe"}, "invalid_parameters"),
     ("21m00Tcm4TlvDq8ikWAM", {}, "voice_not_found"),
