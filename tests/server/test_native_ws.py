@@ -15,7 +15,7 @@ PARAGRAPH = ("Streaming speech should start quickly. The server splits a reply i
              "soon as it is ready, and keeps the listener's buffer full, so nobody hears a gap between "
              "sentences. When the reply ends, the last words are spoken too.")
 ESPEAK_WORDS_PER_SECOND = 175 / 60  # espeak-ng's default rate
-BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
+BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
 ONE_SECOND = {"fixed_tokens": 25}  # espeak pads or cuts to exactly 25 x 40 ms
 
 
