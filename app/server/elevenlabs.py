@@ -29,7 +29,8 @@ from app.server.core.outbox import Payload
 from app.server.core.services import Services
 from app.server.core.spec import MAX_ID_CHARS, ContextSpec
 from app.server.elevenlabs_common import (CLOSE_CODES, DEFAULT_OUTPUT, DEFAULT_OUTPUT_FORMAT, MAX_SEED,
-                                          Aligner, ElevenLabsError, OutputFormat, generation_settings)
+                                          Alignment, Alignments, ElevenLabsError, OutputFormat,
+                                          TranscriptAligner, generation_settings)
 from app.text.chunker import TextChunk
 
 SINGLE_PATH = "/v1/text-to-speech/{voice_id}/stream-input"
@@ -164,6 +165,10 @@ def _bad_field(name: str, expected: str) -> ElevenLabsError:
 
 # ---- audio messages -----------------------------------------------------------------------------------------
 
+def _websocket_json(alignment: Alignment | None) -> dict[str, Any] | None:
+    return None if alignment is None else alignment.websocket_json()
+
+
 def _dumps(message: dict[str, Any]) -> str:
     return orjson.dumps(message).decode()
 
@@ -183,13 +188,17 @@ class ElevenLabsFraming(Framing):
 
     def __init__(self, context_id: str | None):
         self.context_id = context_id  # None on a single-stream socket
-        self._aligner = Aligner()
+        self._aligner = TranscriptAligner()
 
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
-        aligned = self._aligner.align(seconds, chunk, chunk_ends)
-        alignment = None if aligned is None else aligned.websocket_json()
-        return self._message(audio=base64.b64encode(data).decode("ascii"), isFinal=False,
-                             normalizedAlignment=alignment, alignment=alignment)
+        return self._audio_message(base64.b64encode(data).decode("ascii"),
+                                   self._aligner.align(seconds, chunk, chunk_ends))
+
+    def chunk_done(self, chunk: TextChunk, stats: StatsSource) -> Payload:
+        """Characters of the chunk no audio message took (a chunk with nothing to speak has no audio): an
+        alignment-only message, so the transcript has every character the caller sent."""
+        aligned = self._aligner.finish_chunk(chunk)
+        return self._audio_message("", aligned) if aligned else None
 
     def done(self, stats: StatsSource) -> Payload:
         if self.context_id is None:
@@ -198,6 +207,10 @@ class ElevenLabsFraming(Framing):
 
     def error(self, code: str, message: str) -> Payload:
         return error_message(ElevenLabsError.from_ours(code, message, self.context_id))
+
+    def _audio_message(self, audio: str, aligned: Alignments) -> Payload:
+        return self._message(audio=audio, isFinal=False, normalizedAlignment=_websocket_json(aligned.normalized),
+                             alignment=_websocket_json(aligned.caller))
 
     def _message(self, **fields: Any) -> str:
         if self.context_id is not None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
 from app.server.core.close_codes import INTERNAL_ERROR, GOING_AWAY, POLICY_VIOLATION
-from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND
+from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND, caller_text
 from app.text.chunker import TextChunk
 
 # Their text-to-speech routes: the WebSockets (stream-input, multi-stream-input) and the HTTP ones.
@@ -182,16 +182,18 @@ class Alignment:
 
 
 class Aligner:
-    """Approximate character timings for a reply's audio messages (we do not measure them).
+    """Approximate character timings for a reply's audio messages (we do not measure them), for one text of
+    each chunk (`text_of`: the caller's, or the normalized one).
 
     Each chunk's characters are laid over its audio at an estimated speaking rate, learnt from the reply's
     previous chunks: a word goes with the first message during which it is estimated to start, and the
-    chunk's last message takes every word left. Within a message its characters share its duration evenly,
-    so a message's timings start at 0 and end at its own length, and every character is sent exactly once,
-    in order (the chunks' texts rejoin to the normalized input).
+    chunk's last message takes every word left (or `finish_chunk` does, when its end was not marked). Within a
+    message its characters share its duration evenly, so a message's timings start at 0 and end at its own
+    length, and every character is sent exactly once, in order (the chunks' texts rejoin to the whole text).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, text_of: Callable[[TextChunk], str]) -> None:
+        self._text_of = text_of
         self._rate = SPEECH_CHARS_PER_SECOND
         self._index: int | None = None  # the chunk being spoken
         self._chars = 0
@@ -199,35 +201,38 @@ class Aligner:
         self._words: deque[tuple[int, str]] = deque()  # (offset in the chunk, word) not yet sent
 
     def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Alignment | None:
-        if chunk is None:  # an encoder's held-back tail: the end of the previous chunk
+        """The characters due with `seconds` of `chunk`'s audio (None: an encoder's held-back tail, whose
+        chunk's characters went with the chunk)."""
+        if chunk is None:
+            return None
+        if chunk.index != self._index:
+            self._begin(chunk)
+        self._spoken_s += seconds
+        if chunk_ends:
+            self._learn_rate()
             due = self._take_all()
         else:
-            carried = self._begin(chunk) if chunk.index != self._index else []
-            self._spoken_s += seconds
-            if chunk_ends:
-                self._learn_rate()
-                due = carried + self._take_all()
-            else:
-                due = carried + self._take_started()
-        chars = "".join(due)
-        return Alignment(chars, seconds) if chars else None
+            due = self._take_started()
+        return self._alignment(due, seconds)
 
     def finish_chunk(self, chunk: TextChunk) -> Alignment | None:
-        """`chunk`'s audio is over. A chunk that had none (nothing to speak) still has the caller's characters:
-        they are due now, at no duration; a chunk with audio already sent or carried its own."""
-        if chunk.index == self._index:
-            return None
-        chars = "".join(self._begin(chunk) + self._take_all())
-        return Alignment(chars, 0.0) if chars else None
+        """`chunk`'s audio is over: the characters not sent yet are due now, at no duration (all of them for a
+        chunk that had no audio, having nothing to speak; the rest of one whose last audio was not marked)."""
+        if chunk.index != self._index:
+            self._begin(chunk)
+        return self._alignment(self._take_all(), 0.0)
 
-    def _begin(self, chunk: TextChunk) -> list[str]:
-        """Start a chunk; words the previous one had left (its final audio was not marked) come first."""
-        carried = self._take_all()
+    @staticmethod
+    def _alignment(words: list[str], seconds: float) -> Alignment | None:
+        chars = "".join(words)
+        return Alignment(chars, seconds) if chars else None
+
+    def _begin(self, chunk: TextChunk) -> None:
         self._index = chunk.index
-        self._chars = len(chunk.text)
+        text = self._text_of(chunk)
+        self._chars = len(text)
         self._spoken_s = 0.0
-        self._words = deque((match.start(), match.group()) for match in _WORD.finditer(chunk.text))
-        return carried
+        self._words = deque((match.start(), match.group()) for match in _WORD.finditer(text))
 
     def _take_started(self) -> list[str]:
         due = []
@@ -243,3 +248,30 @@ class Aligner:
     def _learn_rate(self) -> None:
         if self._spoken_s > 0 and self._chars:
             self._rate = (self._rate + self._chars / self._spoken_s) / 2
+
+
+@dataclass(frozen=True)
+class Alignments:
+    """One message's characters twice over the same audio: the caller's own (their `alignment`) and the
+    normalized ones the model spoke (their `normalizedAlignment`)."""
+
+    caller: Alignment | None
+    normalized: Alignment | None
+
+    def __bool__(self) -> bool:
+        return self.caller is not None or self.normalized is not None
+
+
+class TranscriptAligner:
+    """An `Aligner` for each text of the chunks, fed the same audio, so both transcripts end together."""
+
+    def __init__(self) -> None:
+        self._caller = Aligner(caller_text)
+        self._normalized = Aligner(lambda chunk: chunk.text)
+
+    def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Alignments:
+        return Alignments(self._caller.align(seconds, chunk, chunk_ends),
+                          self._normalized.align(seconds, chunk, chunk_ends))
+
+    def finish_chunk(self, chunk: TextChunk) -> Alignments:
+        return Alignments(self._caller.finish_chunk(chunk), self._normalized.finish_chunk(chunk))

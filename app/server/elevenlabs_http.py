@@ -30,8 +30,8 @@ from app.errors import ClientError
 from app.server.auth import key_accepted, presented_keys
 from app.server.core.pipeline import AudioPiece, ChunkJob
 from app.server.core.speech import AudioBody, FileBody, Speech, SpeechRequest, SpeechService, StreamBody
-from app.server.elevenlabs_common import (DEFAULT_OUTPUT_FORMAT, MAX_SEED, Aligner, Alignment, ElevenLabsError,
-                                          OutputFormat, generation_settings)
+from app.server.elevenlabs_common import (DEFAULT_OUTPUT_FORMAT, MAX_SEED, Alignment, Alignments,
+                                          ElevenLabsError, OutputFormat, TranscriptAligner, generation_settings)
 from app.server.http_common import (ClosingStreamingResponse, finished_audio, json_body_limit, opened,
                                     read_json_object, routing_error)
 
@@ -148,10 +148,10 @@ class TimestampedBody(AudioBody):
         self._audio = audio
         self._source_rate = source_rate
         self._lines = lines
-        self._aligner = Aligner()
+        self._aligner = TranscriptAligner()
         self._offset_s = 0.0  # audio before the current piece
         self._pending = b""  # audio not yet in a line (the body's start, or a whole body's audio)
-        self._alignments: list[tuple[Alignment, float]] = []  # (alignment, offset) not yet in a line
+        self._alignments: list[tuple[Alignments, float]] = []  # (alignments, offset) not yet in a line
 
     @property
     def cache_name(self) -> str:
@@ -174,21 +174,21 @@ class TimestampedBody(AudioBody):
         return self._emit(data)
 
     def chunk_done(self, job: ChunkJob) -> bytes:
-        """A chunk with no audio (nothing to speak) still has characters the caller sent."""
+        """Characters no audio took: all of a chunk with nothing to speak, the rest of one whose end was not
+        marked."""
         self._aligned(self._aligner.finish_chunk(job.chunk), 0.0)
         return self._emit(self._audio.chunk_done(job))
 
     def finish(self) -> bytes:
         data = self._audio.finish()
-        self._aligned(self._aligner.align(0.0, None, True), 0.0)
         if self._lines:
             return self._emit(data)
         self._pending += data
         return orjson.dumps(self._message())
 
-    def _aligned(self, alignment: Alignment | None, seconds: float) -> None:
-        if alignment is not None:
-            self._alignments.append((alignment, self._offset_s))
+    def _aligned(self, alignments: Alignments, seconds: float) -> None:
+        if alignments:
+            self._alignments.append((alignments, self._offset_s))
         self._offset_s += seconds
 
     def _emit(self, data: bytes) -> bytes:
@@ -199,17 +199,19 @@ class TimestampedBody(AudioBody):
 
     def _message(self) -> dict[str, Any]:
         """The audio and alignments gathered so far, which are then gone."""
-        alignment = _merged([a.http_json(offset) for a, offset in self._alignments])
-        message = {"audio_base64": base64.b64encode(self._pending).decode("ascii"), "alignment": alignment,
-                   "normalized_alignment": alignment}
+        message = {"audio_base64": base64.b64encode(self._pending).decode("ascii"),
+                   "alignment": _merged([(a.caller, offset) for a, offset in self._alignments]),
+                   "normalized_alignment": _merged([(a.normalized, offset) for a, offset in self._alignments])}
         self._pending, self._alignments = b"", []
         return message
 
 
-def _merged(alignments: list[dict[str, list]]) -> dict[str, list] | None:
-    if not alignments:
+def _merged(alignments: list[tuple[Alignment | None, float]]) -> dict[str, list] | None:
+    """Their alignment object over several (alignment, offset) pieces; None when no piece has characters."""
+    fields = [alignment.http_json(offset) for alignment, offset in alignments if alignment is not None]
+    if not fields:
         return None
-    return {key: [value for alignment in alignments for value in alignment[key]] for key in alignments[0]}
+    return {key: [value for field in fields for value in field[key]] for key in fields[0]}
 
 
 async def routing_error_response(request: Request, exc: Exception) -> Response:

@@ -31,7 +31,7 @@ class NativeFraming(Framing):
         self.channel = channel
 
     def chunk_started(self, chunk: TextChunk) -> Payload:
-        return p.chunk_started_event(self.context_id, chunk.index, chunk.text)
+        return p.chunk_started_event(self.context_id, chunk.index, caller_text(chunk))
 
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
         return p.audio_frame(self.channel, data)

@@ -349,8 +349,10 @@ class SpeechService:
             raise refusal
         record = self.services.voices.get(request.voice)
         conditionals = await self.services.voices.conditionals(request.voice)
-        chunks = [chunk for chunk in self._chunks(request.text) if chunk.speak_text]
-        if not chunks:
+        # A chunk with nothing to speak (bare punctuation) stays: no engine request, but its characters are
+        # the caller's and belong in a transcript.
+        chunks = self._chunks(request.text)
+        if not any(chunk.speak_text for chunk in chunks):
             raise ClientError("nothing_to_speak", "the text has nothing to speak (no letters or digits)",
                               UNPROCESSABLE)
         key = None
