@@ -29,7 +29,7 @@ from app.audio.encode import streaming_wav_header
 from app.errors import ClientError
 from app.server.auth import key_accepted, presented_keys
 from app.server.core.pipeline import AudioPiece, ChunkJob
-from app.server.core.speech import AudioBody, FileBody, Speech, SpeechRequest, SpeechService, StreamBody
+from app.server.core.speech import AudioBody, FileBody, SpeechRequest, SpeechService, StreamBody
 from app.server.elevenlabs_common import (DEFAULT_OUTPUT_FORMAT, MAX_SEED, Alignment, Alignments,
                                           ElevenLabsError, OutputFormat, TranscriptAligner, generation_settings)
 from app.server.http_common import (ClosingStreamingResponse, finished_audio, json_body_limit, opened,
