@@ -5,6 +5,7 @@ raw httpx for what the SDK hides (error bodies, headers, WAV sizes, unknown rout
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import wave
 
@@ -15,6 +16,7 @@ from elevenlabs import ElevenLabs
 from elevenlabs.core.api_error import ApiError
 
 from app.audio.encode import decode_audio
+from app.text.chunker import TextChunk
 from app.text.normalize import normalize_stream
 from harness import module_server
 
@@ -78,6 +80,23 @@ def test_sdk_stream_with_timestamps_lines(server):
     starts = [t for chunk in chunks if chunk.alignment for t in chunk.alignment.character_start_times_seconds]
     assert starts == sorted(starts)  # times from the start of the response's audio, not of each line
     assert starts[-1] < pcm_seconds(audio, 16000)
+
+
+CHUNKS_CARRY_SOURCE = "source" in {field.name for field in dataclasses.fields(TextChunk)}
+FIDELITY_TEXT = "It's 3:30 p.m. --help https://x.io Wait..."
+
+
+@pytest.mark.xfail(not CHUNKS_CARRY_SOURCE, strict=True, reason="needs TextChunk.source (the text branch)")
+@pytest.mark.parametrize("method", ["convert_with_timestamps", "stream_with_timestamps"])
+def test_alignment_is_the_callers_text_normalized_alignment_what_was_spoken(server, method):
+    result = getattr(sdk(server).text_to_speech, method)(voice_id="default", text=FIDELITY_TEXT,
+                                                         output_format="pcm_16000")
+    parts = [result] if method == "convert_with_timestamps" else list(result)
+    caller = "".join(c for part in parts if part.alignment for c in part.alignment.characters)
+    normalized = "".join(c for part in parts if part.normalized_alignment
+                         for c in part.normalized_alignment.characters)
+    assert caller == FIDELITY_TEXT
+    assert normalized == normalize_stream(FIDELITY_TEXT)
 
 
 def test_sdk_sees_their_error_shape(server):
