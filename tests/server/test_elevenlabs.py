@@ -197,6 +197,19 @@ async def test_alignment_is_the_callers_text_character_for_character(server):
             assert_well_formed_alignment(message, bytes_per_second=32000)
 
 
+async def test_a_chunk_with_nothing_to_speak_still_has_its_characters_aligned(server):
+    async with open_socket(server, output_format="pcm_16000") as socket:
+        await socket.send(text=" ")
+        await socket.send(text="Hello there", flush=True)
+        await socket.send(text=" ?!")  # bare punctuation, spoken as its own chunk at the end: no audio
+        await socket.send(text="")
+        assert await socket.until_closed() == 1000
+    silent = [m for m in socket.messages if m.get("audio") == ""]
+    assert silent and all(m["alignment"]["charDurationsMs"] == [0] * len(m["alignment"]["chars"]) for m in silent)
+    for field in ("alignment", "normalizedAlignment"):
+        assert socket.chars(field=field).strip() == spoken("Hello there ?!")
+
+
 async def test_every_pcm_rate_carries_the_same_audio(server):
     rates = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # 32 kHz: Pipecat's pcm_32000
     samples = {rate: len((await speak(server, TEXT, output_format=f"pcm_{rate}")).audio()) // 2
