@@ -1,4 +1,5 @@
-"""Speaking one whole text: the service behind POST /synthesize and POST /v1/audio/speech.
+"""Speaking one whole text: the service behind POST /synthesize, POST /v1/audio/speech and the ElevenLabs HTTP
+routes (POST /v1/text-to-speech/{voice_id}...).
 
 The text goes through the same `AdaptiveChunker` as /v1/stream: a small first chunk (time to first audio),
 then whole sentences packed up to the chunk budget (the whole text is known, so nothing waits for a
