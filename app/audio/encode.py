@@ -21,11 +21,11 @@ import soundfile as sf
 from app.audio.resample import StreamResampler, as_mono_f32, resample
 from app.engine.types import SAMPLE_RATE
 
-STREAM_ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw")
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+STREAM_ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw", "alaw")
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 FILE_FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
 
-BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
+BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
 _CONTENT_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg",
                   "opus": "audio/ogg"}
 # libsndfile (format, subtype) per compressed file format.
@@ -74,7 +74,20 @@ def _mulaw_table() -> np.ndarray:
     return (~(sign | (segment << 4) | mantissa) & 0xFF).astype(np.uint8)
 
 
+def _alaw_table() -> np.ndarray:
+    """G.711 A-law code for every int16 value, bit-exact with the ITU-T G.191 reference `alaw_compress`
+    (what ElevenLabs `alaw_8000` carries): the 12-bit magnitude (one's complement for negatives) coded as
+    3-bit segment | 4-bit mantissa, the sign bit set for non-negative values, even bits inverted."""
+    linear = np.arange(-32768, 32768, dtype=np.int32)
+    magnitude = np.where(linear < 0, ~linear, linear) >> 4  # 0..2047
+    segment = np.where(magnitude > 15, np.floor(np.log2(np.maximum(magnitude, 16) >> 4)).astype(np.int32) + 1, 0)
+    # Segment 0 keeps the magnitude as it is; segment s >= 1 keeps its top 5 bits, the leading 1 dropped.
+    code = np.where(segment == 0, magnitude, (segment << 4) + (magnitude >> np.maximum(segment - 1, 0)) - 16)
+    return ((code | np.where(linear >= 0, 0x80, 0x00)) ^ 0x55).astype(np.uint8)
+
+
 _MULAW_CODES = _mulaw_table()
+_ALAW_CODES = _alaw_table()
 
 
 def _encode_s16(pcm: np.ndarray) -> bytes:
@@ -89,8 +102,12 @@ def _encode_mulaw(pcm: np.ndarray) -> bytes:
     return _MULAW_CODES[float_to_s16(pcm).astype(np.int32) + 32768].tobytes()
 
 
+def _encode_alaw(pcm: np.ndarray) -> bytes:
+    return _ALAW_CODES[float_to_s16(pcm).astype(np.int32) + 32768].tobytes()
+
+
 _ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
-    "pcm_s16le": _encode_s16, "pcm_f32le": _encode_f32, "mulaw": _encode_mulaw}
+    "pcm_s16le": _encode_s16, "pcm_f32le": _encode_f32, "mulaw": _encode_mulaw, "alaw": _encode_alaw}
 
 
 class AudioEncoder(Protocol):

@@ -21,20 +21,25 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.cache import ResponseCache
 from app.engine.base import Engine
 from app.engine.factory import build_engine
 from app.engine.worker import EngineWorker
 from app.metrics import Metrics
-from app.server import elevenlabs, native_ws, openai_api, ops, synthesize, voices_api
+from app.server import elevenlabs, elevenlabs_http, native_ws, openai_api, ops, synthesize, voices_api
 from app.server.auth import ApiKeyMiddleware
 from app.server.connection_guard import guarded_h11_protocol
 from app.server.core.runtime import Runtime
-from app.server.http_common import EXCEPTION_HANDLERS
+from app.server.elevenlabs_common import is_elevenlabs_path, is_under_their_prefix
+from app.server.http_common import EXCEPTION_HANDLERS, routing_error_response
 from app.server.log_redaction import redact_root_handlers, uvicorn_log_config
 from app.settings import Settings
 from app.voices.library import VoiceLibrary
@@ -49,22 +54,46 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     """`engine` is injectable for tests; by default the lifespan builds the one the settings name."""
     routes: list[BaseRoute] = [*ops.routes, *synthesize.routes, *openai_api.routes, *voices_api.routes,
-                               *elevenlabs.routes, WebSocketRoute("/v1/stream", native_ws.stream_endpoint)]
+                               *elevenlabs.routes, *elevenlabs_http.routes,
+                               WebSocketRoute("/v1/stream", native_ws.stream_endpoint)]
     # Probes and Prometheus cannot send a key; /ready and /metrics reveal no content and must stay reachable.
     public_paths = {"/health", "/ready", "/metrics"}
-    if (STATIC_DIR / "index.html").is_file():
-        routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
+    serve_page = (STATIC_DIR / "index.html").is_file()
+    if serve_page:
         public_paths |= _static_paths(STATIC_DIR)
-    app = Starlette(routes=routes, lifespan=_lifespan, exception_handlers=EXCEPTION_HANDLERS,
+    app = Starlette(routes=routes, lifespan=_lifespan,
+                    exception_handlers={**EXCEPTION_HANDLERS, HTTPException: _routing_error},
                     middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key,
                                            is_public=lambda path: path in public_paths
-                                           or elevenlabs.is_elevenlabs_path(path))])
+                                           or is_elevenlabs_path(path))])
+    if serve_page:
+        _serve_unrouted_paths(app, StaticFiles(directory=STATIC_DIR, html=True))
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = Metrics()
     app.state.response_cache = ResponseCache(settings.cache_bytes)
     app.state.runtime = Runtime(settings.chunk_size, app.state.metrics)
     return app
+
+
+def _serve_unrouted_paths(app: Starlette, static: ASGIApp) -> None:
+    """The demo page's files answer the GET and HEAD requests no route takes. As the router's default rather
+    than a catch-all mount, so a route's path asked with the wrong method still gets 405, not the page's 404;
+    other methods on unknown paths get 404."""
+    not_found = app.router.not_found
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        is_read = scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+        await (static if is_read else not_found)(scope, receive, send)
+
+    app.router.default = default
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Unknown routes and methods answer JSON: ElevenLabs' shape under their prefix, ours everywhere else."""
+    if is_under_their_prefix(request.url.path):
+        return await elevenlabs_http.routing_error_response(request, exc)
+    return await routing_error_response(request, exc)
 
 
 def _static_paths(directory: Path) -> set[str]:

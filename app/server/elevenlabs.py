@@ -6,14 +6,13 @@ A thin adapter over the speech core (app/server/core): `ElevenLabsConnection` tr
 the core's `ContextSpec` and context calls (text, flush, end, close), `ElevenLabsFraming` turns a context's
 audio into their base64 JSON messages with approximate character alignment, and every other part (chunker,
 ordered engine submission, stats, limits, slow readers, drain) is the core's. The core's `ClientError`s become
-their error messages and close codes through one translation table (`_ERROR_NAMES`, `_CLOSE_CODES`).
+their error messages and close codes through one translation table (elevenlabs_common.py, which the HTTP
+routes of elevenlabs_http.py share).
 """
 
 from __future__ import annotations
 
 import base64
-import re
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,98 +20,39 @@ import orjson
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
-from app.engine.types import EngineError, GenerationSettings
 from app.errors import ClientError
 from app.server.auth import presented_keys
-from app.server.core.close_codes import GOING_AWAY, INTERNAL_ERROR, NORMAL_CLOSURE, POLICY_VIOLATION
+from app.server.core.close_codes import NORMAL_CLOSURE, POLICY_VIOLATION
 from app.server.core.connection import Connection
 from app.server.core.context import Framing, StatsSource, StreamContext
 from app.server.core.outbox import Payload
-from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND
 from app.server.core.services import Services
 from app.server.core.spec import MAX_ID_CHARS, ContextSpec
+from app.server.elevenlabs_common import (CLOSE_CODES, DEFAULT_OUTPUT, DEFAULT_OUTPUT_FORMAT, MAX_SEED,
+                                          Alignment, Alignments, ElevenLabsError, OutputFormat,
+                                          TranscriptAligner, generation_settings)
 from app.text.chunker import TextChunk
 
 SINGLE_PATH = "/v1/text-to-speech/{voice_id}/stream-input"
 MULTI_PATH = "/v1/text-to-speech/{voice_id}/multi-stream-input"
-_PATHS = re.compile(r"/v1/text-to-speech/[^/]+/(multi-)?stream-input")
-
-DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"  # theirs
 DEFAULT_INACTIVITY_S = 20.0
 MAX_INACTIVITY_S = 180.0
-MAX_SEED = 4_294_967_295
 DEFAULT_CONTEXT = "default"  # the context of messages without a context_id
 MESSAGE_SECONDS = 1.0  # longest audio message: long enough that most carry whole words for their alignment
 _CLOSE_REASON_BYTES = 123  # the most a WebSocket close reason may hold
 
-# Their MP3 formats; LAME takes any of these rates and bitrates.
-MP3_FORMATS = {"mp3_22050_32", "mp3_24000_48", "mp3_44100_32", "mp3_44100_64", "mp3_44100_96", "mp3_44100_128",
-               "mp3_44100_192"}
 _IGNORED_BOOLEANS = ("sync_alignment", "enable_ssml_parsing", "enable_logging")
 _TEXT_NORMALIZATION = ("auto", "on", "off")
 
-# Our error codes as theirs (the `error` field); the close code is 1008 unless _CLOSE_CODES says otherwise.
-_ERROR_NAMES = {"too_many_contexts": "max_active_conversations", "unknown_voice": "voice_not_found",
-                "invalid_voice_name": "voice_not_found", "bad_json": "invalid_input_message",
-                "bad_request": "invalid_input_message"}
-_CLOSE_CODES = {"engine_error": INTERNAL_ERROR, "internal_error": INTERNAL_ERROR, "shutting_down": GOING_AWAY}
-
-
-class ElevenLabsError(Exception):
-    """A failure reported their way: `{"message", "error", "code"}`, then the socket closes with `code`."""
-
-    def __init__(self, error: str, message: str, code: int = POLICY_VIOLATION, context_id: str | None = None):
-        super().__init__(message)
-        self.error = error
-        self.message = message
-        self.code = code
-        self.context_id = context_id
-
-    @classmethod
-    def from_ours(cls, code: str, message: str, context_id: str | None = None) -> "ElevenLabsError":
-        return cls(_ERROR_NAMES.get(code, code), message, _CLOSE_CODES.get(code, POLICY_VIOLATION), context_id)
-
-
-def is_elevenlabs_path(path: str) -> bool:
-    """These routes check API keys themselves (app/server/core/connection.py): their clients may send the key
-    in the first message."""
-    return _PATHS.fullmatch(path) is not None
-
 
 # ---- query parameters ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class OutputFormat:
-    name: str
-    codec: str  # "pcm" (s16le), "ulaw" or "mp3"
-    sample_rate: int
-    kbps: int | None = None  # mp3 only
-
-    @classmethod
-    def parse(cls, name: str) -> "OutputFormat":
-        codec, _, rest = name.partition("_")
-        rate, _, kbps = rest.partition("_")
-        supported = ((codec == "pcm" and not kbps and rate.isdigit() and int(rate) in SAMPLE_RATES)
-                     or name == "ulaw_8000" or name in MP3_FORMATS)
-        if not supported:
-            choices = [f"pcm_{rate}" for rate in SAMPLE_RATES] + ["ulaw_8000", *sorted(MP3_FORMATS)]
-            raise ElevenLabsError("invalid_output_format", f"output_format {name!r} is not supported; use one of "
-                                                           f"{', '.join(choices)}")
-        return cls(name, codec, int(rate), int(kbps) if kbps else None)
-
-    def encoder(self, source_rate: int) -> AudioEncoder:
-        if self.codec == "mp3":
-            return Mp3StreamEncoder(self.sample_rate, self.kbps or 128, source_rate)
-        return StreamEncoder("mulaw" if self.codec == "ulaw" else "pcm_s16le", self.sample_rate, source_rate)
-
 
 @dataclass(frozen=True)
 class Options:
     """What the handshake's query says; model_id, language_code, apply_text_normalization,
     optimize_streaming_latency and the checked booleans are accepted and have no effect (docs/elevenlabs.md)."""
 
-    output: OutputFormat = OutputFormat(DEFAULT_OUTPUT_FORMAT, "mp3", 44100, 128)
+    output: OutputFormat = DEFAULT_OUTPUT
     inactivity_timeout_s: float = DEFAULT_INACTIVITY_S
     auto_mode: bool = False
     seed: int | None = None
@@ -125,7 +65,7 @@ class Options:
         normalization = query.get("apply_text_normalization", "auto")
         if normalization not in _TEXT_NORMALIZATION:
             raise _bad_parameter("apply_text_normalization", f"one of {', '.join(_TEXT_NORMALIZATION)}")
-        return cls(output=OutputFormat.parse(query.get("output_format", DEFAULT_OUTPUT_FORMAT)),
+        return cls(output=OutputFormat.parse(query.get("output_format", DEFAULT_OUTPUT_FORMAT), streamed=True),
                    inactivity_timeout_s=_inactivity_timeout(query), auto_mode=_boolean(query, "auto_mode"),
                    seed=_seed(query))
 
@@ -174,42 +114,6 @@ def handshake_keys(websocket: WebSocket) -> list[str]:
 
 def _bearer(value: str) -> str:
     return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
-
-
-# ---- voice settings -----------------------------------------------------------------------------------------
-
-_NEUTRAL_STABILITY = 0.5  # their default
-_TEMPERATURE_PER_STABILITY = 0.8  # stability 0 -> temperature 1.2, 0.5 -> 0.8 (ours), 1 -> 0.4
-_EXAGGERATION_PER_STYLE = 1.0  # style 0 (their default) -> exaggeration 0.5 (neutral), 1 -> 1.5
-_VOICE_SETTING_RANGES = {"stability": (0.0, 1.0), "similarity_boost": (0.0, 1.0), "style": (0.0, 1.0),
-                         "speed": (0.7, 1.2)}
-
-
-def generation_settings(voice_settings: Any, seed: int | None, base: GenerationSettings) -> GenerationSettings:
-    """Their voice settings as ours where the meaning carries over: stability (how much a generation varies)
-    sets the sampling temperature, style sets Chatterbox's exaggeration. similarity_boost, use_speaker_boost
-    and speed are checked and ignored."""
-    settings = voice_settings or {}
-    if not isinstance(settings, dict):
-        raise ElevenLabsError("invalid_input_message", "voice_settings must be an object")
-    for name, (low, high) in _VOICE_SETTING_RANGES.items():
-        value = settings.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not low <= value <= high):
-            raise ElevenLabsError("invalid_voice_settings", f"voice_settings.{name} must be a number in "
-                                                            f"[{low:g}, {high:g}]")
-    if not isinstance(settings.get("use_speaker_boost", False), (bool, type(None))):
-        raise ElevenLabsError("invalid_voice_settings", "voice_settings.use_speaker_boost must be a boolean")
-    changes: dict[str, Any] = {} if seed is None else {"seed": seed}
-    if settings.get("stability") is not None:
-        changes["temperature"] = base.temperature + (_NEUTRAL_STABILITY - settings["stability"]) \
-            * _TEMPERATURE_PER_STABILITY
-    if settings.get("style") is not None:
-        changes["exaggeration"] = base.exaggeration + settings["style"] * _EXAGGERATION_PER_STYLE
-    try:
-        return GenerationSettings.from_mapping(changes, base=base)
-    except EngineError as exc:
-        raise ElevenLabsError("invalid_voice_settings", exc.message) from None
 
 
 # ---- client messages ----------------------------------------------------------------------------------------
@@ -261,72 +165,8 @@ def _bad_field(name: str, expected: str) -> ElevenLabsError:
 
 # ---- audio messages -----------------------------------------------------------------------------------------
 
-_WORD = re.compile(r"\S+\s*|\s+")  # a word with the spaces after it (or leading spaces)
-
-
-class Aligner:
-    """Approximate character timings for a context's audio messages (we do not measure them).
-
-    Each chunk's characters are laid over its audio at an estimated speaking rate, learnt from the context's
-    previous chunks: a word goes with the first message during which it is estimated to start, and the
-    chunk's last message takes every word left. Within a message its characters share its duration evenly,
-    so a message's timings start at 0 and end at its own length, and every character is sent exactly once,
-    in order (the chunks' texts rejoin to the normalized input).
-    """
-
-    def __init__(self) -> None:
-        self._rate = SPEECH_CHARS_PER_SECOND
-        self._index: int | None = None  # the chunk being spoken
-        self._chars = 0
-        self._spoken_s = 0.0
-        self._words: deque[tuple[int, str]] = deque()  # (offset in the chunk, word) not yet sent
-
-    def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> dict[str, Any] | None:
-        if chunk is None:  # an encoder's held-back tail: the end of the previous chunk
-            due = self._take_all()
-        else:
-            carried = self._begin(chunk) if chunk.index != self._index else []
-            self._spoken_s += seconds
-            if chunk_ends:
-                self._learn_rate()
-                due = carried + self._take_all()
-            else:
-                due = carried + self._take_started()
-        return _alignment("".join(due), seconds)
-
-    def _begin(self, chunk: TextChunk) -> list[str]:
-        """Start a chunk; words the previous one had left (its final audio was not marked) come first."""
-        carried = self._take_all()
-        self._index = chunk.index
-        self._chars = len(chunk.text)
-        self._spoken_s = 0.0
-        self._words = deque((match.start(), match.group()) for match in _WORD.finditer(chunk.text))
-        return carried
-
-    def _take_started(self) -> list[str]:
-        due = []
-        while self._words and self._words[0][0] / self._rate < self._spoken_s:
-            due.append(self._words.popleft()[1])
-        return due
-
-    def _take_all(self) -> list[str]:
-        due = [word for _, word in self._words]
-        self._words.clear()
-        return due
-
-    def _learn_rate(self) -> None:
-        if self._spoken_s > 0 and self._chars:
-            self._rate = (self._rate + self._chars / self._spoken_s) / 2
-
-
-def _alignment(chars: str, seconds: float) -> dict[str, Any] | None:
-    if not chars:
-        return None
-    total_ms = seconds * 1000.0
-    starts = [round(i * total_ms / len(chars)) for i in range(len(chars))]
-    ends = starts[1:] + [round(total_ms)]
-    return {"chars": list(chars), "charStartTimesMs": starts,
-            "charDurationsMs": [end - start for start, end in zip(starts, ends)]}
+def _websocket_json(alignment: Alignment | None) -> dict[str, Any] | None:
+    return None if alignment is None else alignment.websocket_json()
 
 
 def _dumps(message: dict[str, Any]) -> str:
@@ -348,12 +188,17 @@ class ElevenLabsFraming(Framing):
 
     def __init__(self, context_id: str | None):
         self.context_id = context_id  # None on a single-stream socket
-        self._aligner = Aligner()
+        self._aligner = TranscriptAligner()
 
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
-        alignment = self._aligner.align(seconds, chunk, chunk_ends)
-        return self._message(audio=base64.b64encode(data).decode("ascii"), isFinal=False,
-                             normalizedAlignment=alignment, alignment=alignment)
+        return self._audio_message(base64.b64encode(data).decode("ascii"),
+                                   self._aligner.align(seconds, chunk, chunk_ends))
+
+    def chunk_done(self, chunk: TextChunk, stats: StatsSource) -> Payload:
+        """Characters of the chunk no audio message took (a chunk with nothing to speak has no audio): an
+        alignment-only message, so the transcript has every character the caller sent."""
+        aligned = self._aligner.finish_chunk(chunk)
+        return self._audio_message("", aligned) if aligned else None
 
     def done(self, stats: StatsSource) -> Payload:
         if self.context_id is None:
@@ -362,6 +207,10 @@ class ElevenLabsFraming(Framing):
 
     def error(self, code: str, message: str) -> Payload:
         return error_message(ElevenLabsError.from_ours(code, message, self.context_id))
+
+    def _audio_message(self, audio: str, aligned: Alignments) -> Payload:
+        return self._message(audio=audio, isFinal=False, normalizedAlignment=_websocket_json(aligned.normalized),
+                             alignment=_websocket_json(aligned.caller))
 
     def _message(self, **fields: Any) -> str:
         if self.context_id is not None:
@@ -518,7 +367,7 @@ class ElevenLabsConnection(Connection):
         """The context's framing queued the error; theirs closes the socket on any failure."""
         for other in list(self.contexts.values()):
             other.abort(None)
-        self._close_after_error(_CLOSE_CODES.get(code, POLICY_VIOLATION), message)
+        self._close_after_error(CLOSE_CODES.get(code, POLICY_VIOLATION), message)
 
     def _fatal(self, error: ElevenLabsError) -> None:
         self.services.metrics.errors.labels(error.error).inc()

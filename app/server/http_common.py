@@ -13,6 +13,7 @@ import asyncio
 from typing import Any, AsyncGenerator, Awaitable, TypeVar
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -49,7 +50,33 @@ async def client_gone_response(request: Request, exc: Exception) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
-EXCEPTION_HANDLERS = {ClientError: client_error_response, ClientDisconnected: client_gone_response}
+_ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def routing_error(request: Request, exc: HTTPException) -> ClientError:
+    """Starlette's own refusals (no route for the path, a method the route does not take) as a
+    `ClientError`, so every adapter answers them in its shape (with the exception's headers: 405's Allow)."""
+    code = _ROUTING_CODES.get(exc.status_code, "http_error")
+    if exc.status_code == 404:
+        message = f"no route for {request.url.path}"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+    else:
+        message = str(exc.detail)
+    return ClientError(code, message, exc.status_code)
+
+
+async def routing_error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = routing_error(request, exc)
+    request.app.state.metrics.errors.labels(error.code).inc()
+    return JSONResponse(error_body(error.code, error.message), status_code=error.status,
+                        headers=exc.headers)
+
+
+EXCEPTION_HANDLERS = {ClientError: client_error_response, ClientDisconnected: client_gone_response,
+                      HTTPException: routing_error_response}
 
 
 # ---- bounded bodies -----------------------------------------------------------------------------------------

@@ -18,6 +18,21 @@ def g191_ulaw_compress(x: int) -> int:
     return code | 0x80 if x >= 0 else code
 
 
+def g191_alaw_compress(x: int) -> int:
+    """Straight port of the ITU-T G.191 reference `alaw_compress` (one 16-bit sample)."""
+    ix = (~x) >> 4 if x < 0 else x >> 4
+    if ix > 15:
+        iexp = 1
+        while ix > 16 + 15:
+            ix >>= 1
+            iexp += 1
+        ix -= 16
+        ix += iexp << 4
+    if x >= 0:
+        ix |= 0x80
+    return ix ^ 0x55
+
+
 def _encode_all(encoding: str, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     encoder = StreamEncoder(encoding, sample_rate)
     return encoder.encode(pcm) + encoder.flush()
@@ -33,6 +48,14 @@ def test_mulaw_is_bit_exact_with_the_itu_reference():
     codes = np.frombuffer(_encode_all("mulaw", pcm), dtype=np.uint8)
     expected = np.array([g191_ulaw_compress(int(x)) for x in linear], dtype=np.uint8)
     np.testing.assert_array_equal(codes, expected)
+
+
+def test_alaw_is_bit_exact_with_the_itu_reference():
+    linear, pcm = _every_s16_value_as_float()
+    codes = np.frombuffer(_encode_all("alaw", pcm), dtype=np.uint8)
+    expected = np.array([g191_alaw_compress(int(x)) for x in linear], dtype=np.uint8)
+    np.testing.assert_array_equal(codes, expected)
+    assert codes[linear == 0][0] == 0xD5  # A-law silence
 
 
 def test_mulaw_known_codes():
@@ -73,14 +96,14 @@ def test_pieces_encode_like_the_whole_resampled_stream(encoding):
     assert len(streamed) == encoder.bytes_per_second  # one second of audio
 
 
-@pytest.mark.parametrize("encoding,width", [("pcm_s16le", 2), ("pcm_f32le", 4), ("mulaw", 1)])
+@pytest.mark.parametrize("encoding,width", [("pcm_s16le", 2), ("pcm_f32le", 4), ("mulaw", 1), ("alaw", 1)])
 @pytest.mark.parametrize("rate", SAMPLE_RATES)
 def test_bytes_per_second(encoding, width, rate):
     assert StreamEncoder(encoding, rate).bytes_per_second == rate * width
 
 
 @pytest.mark.parametrize("encoding,rate,message", [
-    ("mp3", 24000, "unsupported encoding 'mp3'.*pcm_s16le, pcm_f32le, mulaw"),
+    ("mp3", 24000, "unsupported encoding 'mp3'.*pcm_s16le, pcm_f32le, mulaw, alaw"),
     ("pcm_s16le", 12345, "unsupported sample_rate 12345.*8000, 16000"),
     ("mulaw", "8000", "unsupported sample_rate '8000'"),
     ("mulaw", True, "unsupported sample_rate True"),

@@ -8,12 +8,10 @@ import pytest
 
 from drivers import assert_spoken, drive
 
-MISSING_HTTP_TTS = "no ElevenLabs HTTP text-to-speech routes yet (/v1/text-to-speech/{voice_id}/stream): issue 13.1"
-
 
 @pytest.mark.parametrize("service, sample_rate", [
     ("elevenlabs-stream", 22050),  # the plugin's default output format, mp3_22050_32
-    pytest.param("elevenlabs-synthesize", 22050, marks=pytest.mark.xfail(strict=True, reason=MISSING_HTTP_TTS)),
+    ("elevenlabs-synthesize", 22050),
     ("openai", 24000),
 ])
 def test_tts_plugins(server, service, sample_rate):

@@ -7,9 +7,6 @@ import pytest
 
 from drivers import assert_spoken, drive, seconds_of
 
-MISSING_HTTP_TTS = "no ElevenLabs HTTP text-to-speech routes yet (/v1/text-to-speech/{voice_id}/stream...): issue 13.1"
-MISSING_PCM_32000 = "pcm_32000 is refused (1008), so a 32 kHz pipeline cannot connect: issue 13.1"
-
 
 def assert_three_turns(result: dict, sample_rate: int, late_audio_s: float = 0.0) -> None:
     first, interrupted, second = result["first"], result["interrupted"], result["second"]
@@ -25,8 +22,8 @@ def assert_three_turns(result: dict, sample_rate: int, late_audio_s: float = 0.0
     ("elevenlabs", 24000),  # Pipecat's default output rate
     ("elevenlabs", 16000),
     ("elevenlabs-token", 24000),  # TextAggregationMode.TOKEN: tokens go straight to the socket
-    pytest.param("elevenlabs", 32000, marks=pytest.mark.xfail(strict=True, reason=MISSING_PCM_32000)),
-    pytest.param("elevenlabs-http", 24000, marks=pytest.mark.xfail(strict=True, reason=MISSING_HTTP_TTS)),
+    ("elevenlabs", 32000),
+    ("elevenlabs-http", 24000),
 ])
 def test_elevenlabs_services(server, service, sample_rate):
     # Pipecat drops audio of an interrupted context on arrival, and we stop generating it on close_context.

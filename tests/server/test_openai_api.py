@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import wave
 
 import httpx
 import numpy as np
@@ -104,6 +105,15 @@ def test_speed_stretches_time_and_keeps_the_pitch(client, reference_pcm, speed):
     if speed in (0.5, 2.0):  # the pitch tracker finds too few voiced frames in 4x speech
         # Resampling would scale the pitch by `speed` too; a time stretch keeps it (within the tracker's spread).
         assert median_f0(pcm, RATE) == pytest.approx(median_f0(reference_pcm, RATE), rel=0.25)
+
+
+def test_wav_sizes_are_real_when_the_body_waits_for_the_end_open_ended_when_it_streams(client, reference_pcm):
+    streamed = speak(client, response_format="wav")
+    assert streamed[40:44] == b"\xff\xff\xff\xff"  # sent as produced: the length was not known yet
+    stretched = speak(client, response_format="wav", speed=2.0)  # the whole body is produced first
+    with wave.open(io.BytesIO(stretched)) as reader:
+        assert reader.getnframes() == (len(stretched) - 44) // 2
+        assert reader.getnframes() == pytest.approx(len(reference_pcm) / 2, rel=0.05)
 
 
 def test_seeded_requests_are_cached_through_extra_body(client):

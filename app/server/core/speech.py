@@ -1,4 +1,5 @@
-"""Speaking one whole text: the service behind POST /synthesize and POST /v1/audio/speech.
+"""Speaking one whole text: the service behind POST /synthesize, POST /v1/audio/speech and the ElevenLabs HTTP
+routes (POST /v1/text-to-speech/{voice_id}...).
 
 The text goes through the same `AdaptiveChunker` as /v1/stream: a small first chunk (time to first audio),
 then whole sentences packed up to the chunk budget (the whole text is known, so nothing waits for a
@@ -24,7 +25,8 @@ from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
-from app.audio.encode import StreamEncoder, content_type, encode_file, streaming_wav_header
+from app.audio.encode import AudioEncoder, StreamEncoder, content_type, encode_file, streaming_wav_header
+from app.audio.resample import resample
 from app.cache import ResponseCache, cache_key, is_cacheable
 from app.engine.types import SAMPLE_RATE, EngineError, GenerationSettings
 from app.errors import ClientError
@@ -69,26 +71,36 @@ class AudioBody(ABC):
     @abstractmethod
     def encode(self, pcm: np.ndarray) -> bytes: ...
 
+    def piece(self, piece: AudioPiece) -> bytes:
+        """One piece of a chunk's audio; bodies that follow the text as well as the audio override it."""
+        return self.encode(piece.pcm)
+
+    def chunk_done(self, job: ChunkJob) -> bytes:
+        """All of a chunk's audio has been given to `piece`."""
+        return b""
+
     @abstractmethod
     def finish(self) -> bytes: ...
 
 
-class PcmBody(AudioBody):
-    """16-bit PCM as it is produced: raw s16le, or WAV behind a header of open-ended length."""
+class StreamBody(AudioBody):
+    """An `AudioEncoder`'s bytes as they are produced (raw PCM, G.711, MP3), behind an optional `header` (an
+    open-ended WAV header: the length is not known when it is sent)."""
 
     progressive = True
 
-    def __init__(self, wav_header: bool, source_rate: int = SAMPLE_RATE):
-        self.wav_header = wav_header
-        self.media_type = content_type("wav" if wav_header else "pcm")
-        self._encoder = StreamEncoder("pcm_s16le", OUTPUT_RATE, source_rate=source_rate)
+    def __init__(self, encoder: AudioEncoder, media_type: str, cache_name: str, header: bytes = b""):
+        self.media_type = media_type
+        self._encoder = encoder
+        self._cache_name = cache_name
+        self._header = header
 
     @property
     def cache_name(self) -> str:
-        return "wav-stream" if self.wav_header else "pcm"
+        return self._cache_name
 
     def start(self) -> bytes:
-        return streaming_wav_header(OUTPUT_RATE) if self.wav_header else b""
+        return self._header
 
     def encode(self, pcm: np.ndarray) -> bytes:
         return self._encoder.encode(pcm)
@@ -97,24 +109,36 @@ class PcmBody(AudioBody):
         return self._encoder.flush()
 
 
+def pcm_body(wav_header: bool, source_rate: int = SAMPLE_RATE, rate: int = OUTPUT_RATE) -> StreamBody:
+    """16-bit PCM at `rate` as it is produced: raw s16le, or WAV behind a header of open-ended length."""
+    encoder = StreamEncoder("pcm_s16le", rate, source_rate=source_rate)
+    fmt = "wav" if wav_header else "pcm"
+    name = ("wav-stream" if wav_header else "pcm") + ("" if rate == OUTPUT_RATE else f"@{rate}")
+    return StreamBody(encoder, content_type(fmt), name, streaming_wav_header(rate) if wav_header else b"")
+
+
 class FileBody(AudioBody):
-    """A complete file (`encode_file` formats), written once all audio exists. `transform` changes the whole
-    PCM first (e.g. a tempo change); `transform_key` names it in the cache key."""
+    """A complete file (`encode_file` formats), written once all audio exists, so a WAV's header carries its
+    real length. `output_rate` resamples first (None: the engine's rate); `transform` changes the whole PCM
+    first (e.g. a tempo change); `transform_key` names it in the cache key."""
 
     progressive = False
 
     def __init__(self, fmt: str, source_rate: int = SAMPLE_RATE,
-                 transform: Callable[[np.ndarray, int], np.ndarray] | None = None, transform_key: str = ""):
+                 transform: Callable[[np.ndarray, int], np.ndarray] | None = None, transform_key: str = "",
+                 output_rate: int | None = None):
         self.fmt = fmt
         self.media_type = content_type(fmt)
         self._source_rate = source_rate
+        self._output_rate = output_rate
         self._transform = transform
         self._transform_key = transform_key
         self._pieces: list[np.ndarray] = []
 
     @property
     def cache_name(self) -> str:
-        return f"{self.fmt}+{self._transform_key}" if self._transform_key else self.fmt
+        name = self.fmt if self._output_rate is None else f"{self.fmt}@{self._output_rate}"
+        return f"{name}+{self._transform_key}" if self._transform_key else name
 
     def encode(self, pcm: np.ndarray) -> bytes:
         self._pieces.append(pcm)
@@ -124,7 +148,8 @@ class FileBody(AudioBody):
         pcm = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
         if self._transform is not None:
             pcm = self._transform(pcm, self._source_rate)
-        return encode_file(pcm, self._source_rate, self.fmt)
+        rate = self._output_rate or self._source_rate
+        return encode_file(resample(pcm, self._source_rate, rate), rate, self.fmt)
 
 
 # ---- timings ------------------------------------------------------------------------------------------------
@@ -277,10 +302,11 @@ class Speech:
             if self.audio.progressive:  # the client hears it now; a whole-file body's client hears nothing yet
                 self.services.metrics.ttfa.observe(timings.first_audio - timings.received)
         timings.audio_samples += piece.pcm.size
-        return self.audio.encode(piece.pcm)
+        return self.audio.piece(piece)
 
-    def on_chunk_done(self, job: ChunkJob) -> None:
+    def on_chunk_done(self, job: ChunkJob) -> bytes:
         self.timings.speech_tokens += job.speech_tokens
+        return self.audio.chunk_done(job)
 
     def on_marker(self, marker: Marker) -> None:
         """Only Marker.END, after the last chunk: the body's end is written by `_produce`."""
@@ -315,7 +341,7 @@ class SpeechService:
         """`fmt` (an `encode_file` format) sent as produced where it can be (raw PCM, WAV with an open-ended
         header) and `progressive` is asked for; otherwise a complete file, written at the end."""
         if fmt == "pcm" or (fmt == "wav" and progressive):
-            return PcmBody(wav_header=fmt == "wav", source_rate=self.services.sample_rate)
+            return pcm_body(wav_header=fmt == "wav", source_rate=self.services.sample_rate)
         return FileBody(fmt, source_rate=self.services.sample_rate)
 
     async def prepare(self, request: SpeechRequest, audio: AudioBody, received: float, client: str = "") -> Speech:
@@ -326,8 +352,10 @@ class SpeechService:
             raise refusal
         record = self.services.voices.get(request.voice)
         conditionals = await self.services.voices.conditionals(request.voice)
-        chunks = [chunk for chunk in self._chunks(request.text) if chunk.speak_text]
-        if not chunks:
+        # A chunk with nothing to speak (bare punctuation) stays: no engine request, but its characters are
+        # the caller's and belong in a transcript.
+        chunks = self._chunks(request.text)
+        if not any(chunk.speak_text for chunk in chunks):
             raise ClientError("nothing_to_speak", "the text has nothing to speak (no letters or digits)",
                               UNPROCESSABLE)
         key = None

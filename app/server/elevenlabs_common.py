@@ -1,0 +1,277 @@
+"""What ElevenLabs' two transports share (their WebSockets in elevenlabs.py, their HTTP text-to-speech in
+elevenlabs_http.py; one protocol, so both import this module): their paths, output formats, voice settings,
+errors, and the character alignment laid over the audio.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
+from app.engine.types import EngineError, GenerationSettings
+from app.server.core.close_codes import INTERNAL_ERROR, GOING_AWAY, POLICY_VIOLATION
+from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND, caller_text
+from app.text.chunker import TextChunk
+
+# Their text-to-speech routes: the WebSockets (stream-input, multi-stream-input) and the HTTP ones.
+_PATHS = re.compile(r"/v1/text-to-speech/[^/]+(/(multi-)?stream-input|/stream|/with-timestamps"
+                    r"|/stream/with-timestamps)?")
+
+THEIR_PREFIX = "/v1/text-to-speech/"
+DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"  # theirs
+MAX_SEED = 4_294_967_295
+
+# Our error codes as theirs; the close code (WebSockets) is 1008 unless CLOSE_CODES says otherwise.
+_ERROR_NAMES = {"too_many_contexts": "max_active_conversations", "unknown_voice": "voice_not_found",
+                "invalid_voice_name": "voice_not_found", "bad_json": "invalid_input_message",
+                "bad_request": "invalid_input_message"}
+CLOSE_CODES = {"engine_error": INTERNAL_ERROR, "internal_error": INTERNAL_ERROR, "shutting_down": GOING_AWAY}
+
+
+def is_under_their_prefix(path: str) -> bool:
+    """Their API's paths (existing or not): unknown routes and methods there answer their way."""
+    return path.startswith(THEIR_PREFIX)
+
+
+def is_elevenlabs_path(path: str) -> bool:
+    """These routes check API keys themselves: their clients send `xi-api-key`, or the key in a message."""
+    return _PATHS.fullmatch(path) is not None
+
+
+class ElevenLabsError(Exception):
+    """A failure reported their way. WebSockets: `{"message", "error", "code"}`, then the socket closes with
+    `code`. HTTP: `{"detail": {"status": error, "message"}}` with `status`."""
+
+    def __init__(self, error: str, message: str, code: int = POLICY_VIOLATION, context_id: str | None = None,
+                 status: int = 400):
+        super().__init__(message)
+        self.error = error
+        self.message = message
+        self.code = code
+        self.context_id = context_id
+        self.status = status
+
+    @classmethod
+    def from_ours(cls, code: str, message: str, context_id: str | None = None,
+                  status: int = 400) -> "ElevenLabsError":
+        return cls(_ERROR_NAMES.get(code, code), message, CLOSE_CODES.get(code, POLICY_VIOLATION), context_id,
+                   status)
+
+
+# ---- output formats -----------------------------------------------------------------------------------------
+
+# Their MP3 formats; LAME takes any of these rates and bitrates.
+MP3_FORMATS = frozenset({"mp3_22050_32", "mp3_24000_48", "mp3_44100_32", "mp3_44100_64", "mp3_44100_96",
+                         "mp3_44100_128", "mp3_44100_192"})
+OPUS_FORMATS = frozenset(f"opus_48000_{kbps}" for kbps in (32, 64, 96, 128, 192))
+_G711 = {"ulaw_8000": "mulaw", "alaw_8000": "alaw"}
+_MEDIA_TYPES = {"mp3": "audio/mpeg", "pcm": "audio/pcm", "ulaw": "audio/basic", "alaw": "audio/x-alaw-basic",
+                "wav": "audio/wav", "opus": "audio/ogg"}
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """One of their `output_format`s: pcm_RATE (s16le), wav_RATE, ulaw_8000, alaw_8000, mp3_RATE_KBPS,
+    opus_48000_KBPS (Ogg Opus; written once the audio is complete, so only where a whole body is sent)."""
+
+    name: str
+    codec: str  # "pcm", "wav", "ulaw", "alaw", "mp3" or "opus"
+    sample_rate: int
+    kbps: int | None = None  # mp3 and opus
+
+    @classmethod
+    def parse(cls, name: str, streamed: bool) -> "OutputFormat":
+        """`streamed`: the audio must be encoded as it is produced (their WebSockets)."""
+        codec, _, rest = name.partition("_")
+        rate, _, kbps = rest.partition("_")
+        supported = ((codec in ("pcm", "wav") and not kbps and rate.isdigit() and int(rate) in SAMPLE_RATES
+                      and not (streamed and codec == "wav"))
+                     or name in _G711 or name in MP3_FORMATS or (name in OPUS_FORMATS and not streamed))
+        if not supported:
+            raise ElevenLabsError("invalid_output_format", f"output_format {name!r} is not supported here; use "
+                                                           f"one of {', '.join(output_format_names(streamed))}")
+        return cls(name, codec, int(rate), int(kbps) if kbps else None)
+
+    @property
+    def media_type(self) -> str:
+        return _MEDIA_TYPES[self.codec]
+
+    def encoder(self, source_rate: int) -> AudioEncoder:
+        """The stream encoder of every codec but opus (wav: its samples, without the header)."""
+        if self.codec == "mp3":
+            return Mp3StreamEncoder(self.sample_rate, self.kbps or 128, source_rate)
+        return StreamEncoder(_G711.get(self.name, "pcm_s16le"), self.sample_rate, source_rate)
+
+
+def output_format_names(streamed: bool) -> list[str]:
+    names = [f"pcm_{rate}" for rate in SAMPLE_RATES] + sorted(_G711) + sorted(MP3_FORMATS)
+    return names if streamed else names + [f"wav_{rate}" for rate in SAMPLE_RATES] + sorted(OPUS_FORMATS)
+
+
+DEFAULT_OUTPUT = OutputFormat(DEFAULT_OUTPUT_FORMAT, "mp3", 44100, 128)
+
+
+# ---- voice settings -----------------------------------------------------------------------------------------
+
+_NEUTRAL_STABILITY = 0.5  # their default
+_TEMPERATURE_PER_STABILITY = 0.8  # stability 0 -> temperature 1.2, 0.5 -> 0.8 (ours), 1 -> 0.4
+_EXAGGERATION_PER_STYLE = 1.0  # style 0 (their default) -> exaggeration 0.5 (neutral), 1 -> 1.5
+_VOICE_SETTING_RANGES = {"stability": (0.0, 1.0), "similarity_boost": (0.0, 1.0), "style": (0.0, 1.0),
+                         "speed": (0.7, 1.2)}
+
+
+def generation_settings(voice_settings: Any, seed: int | None, base: GenerationSettings) -> GenerationSettings:
+    """Their voice settings as ours where the meaning carries over: stability (how much a generation varies)
+    sets the sampling temperature, style sets Chatterbox's exaggeration. similarity_boost, use_speaker_boost
+    and speed are checked and ignored."""
+    settings = voice_settings or {}
+    if not isinstance(settings, dict):
+        raise ElevenLabsError("invalid_input_message", "voice_settings must be an object")
+    for name, (low, high) in _VOICE_SETTING_RANGES.items():
+        value = settings.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not low <= value <= high):
+            raise ElevenLabsError("invalid_voice_settings", f"voice_settings.{name} must be a number in "
+                                                            f"[{low:g}, {high:g}]")
+    if not isinstance(settings.get("use_speaker_boost", False), (bool, type(None))):
+        raise ElevenLabsError("invalid_voice_settings", "voice_settings.use_speaker_boost must be a boolean")
+    changes: dict[str, Any] = {} if seed is None else {"seed": seed}
+    if settings.get("stability") is not None:
+        changes["temperature"] = base.temperature + (_NEUTRAL_STABILITY - settings["stability"]) \
+            * _TEMPERATURE_PER_STABILITY
+    if settings.get("style") is not None:
+        changes["exaggeration"] = base.exaggeration + settings["style"] * _EXAGGERATION_PER_STYLE
+    try:
+        return GenerationSettings.from_mapping(changes, base=base)
+    except EngineError as exc:
+        raise ElevenLabsError("invalid_voice_settings", exc.message) from None
+
+
+# ---- alignment ----------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\S+\s*|\s+")  # a word with the spaces after it (or leading spaces)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Characters over one stretch of audio `seconds` long, sharing it evenly (starts relative to it)."""
+
+    chars: str
+    seconds: float
+
+    def starts_ms(self) -> list[int]:
+        total_ms = self.seconds * 1000.0
+        return [round(i * total_ms / len(self.chars)) for i in range(len(self.chars))]
+
+    def websocket_json(self) -> dict[str, Any]:
+        """Their WebSocket field: times in whole milliseconds, relative to the message."""
+        starts = self.starts_ms()
+        ends = starts[1:] + [round(self.seconds * 1000.0)]
+        return {"chars": list(self.chars), "charStartTimesMs": starts,
+                "charDurationsMs": [end - start for start, end in zip(starts, ends)]}
+
+    def http_json(self, offset_s: float) -> dict[str, Any]:
+        """Their HTTP field: seconds from the start of the response's audio."""
+        step = self.seconds / len(self.chars)
+        starts = [round(offset_s + i * step, 3) for i in range(len(self.chars))]
+        return {"characters": list(self.chars), "character_start_times_seconds": starts,
+                "character_end_times_seconds": starts[1:] + [round(offset_s + self.seconds, 3)]}
+
+
+class Aligner:
+    """Approximate character timings for a reply's audio messages (we do not measure them), for one text of
+    each chunk (`text_of`: the caller's, or the normalized one).
+
+    Each chunk's characters are laid over its audio at an estimated speaking rate, learnt from the reply's
+    previous chunks: a word goes with the first message during which it is estimated to start, and the
+    chunk's last message takes every word left (or `finish_chunk` does, when its end was not marked). Within a
+    message its characters share its duration evenly, so a message's timings start at 0 and end at its own
+    length, and every character is sent exactly once, in order (the chunks' texts rejoin to the whole text).
+    """
+
+    def __init__(self, text_of: Callable[[TextChunk], str]) -> None:
+        self._text_of = text_of
+        self._rate = SPEECH_CHARS_PER_SECOND
+        self._index: int | None = None  # the chunk being spoken
+        self._chars = 0
+        self._spoken_s = 0.0
+        self._words: deque[tuple[int, str]] = deque()  # (offset in the chunk, word) not yet sent
+
+    def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Alignment | None:
+        """The characters due with `seconds` of `chunk`'s audio (None: an encoder's held-back tail, whose
+        chunk's characters went with the chunk)."""
+        if chunk is None:
+            return None
+        if chunk.index != self._index:
+            self._begin(chunk)
+        self._spoken_s += seconds
+        if chunk_ends:
+            self._learn_rate()
+            due = self._take_all()
+        else:
+            due = self._take_started()
+        return self._alignment(due, seconds)
+
+    def finish_chunk(self, chunk: TextChunk) -> Alignment | None:
+        """`chunk`'s audio is over: the characters not sent yet are due now, at no duration (all of them for a
+        chunk that had no audio, having nothing to speak; the rest of one whose last audio was not marked)."""
+        if chunk.index != self._index:
+            self._begin(chunk)
+        return self._alignment(self._take_all(), 0.0)
+
+    @staticmethod
+    def _alignment(words: list[str], seconds: float) -> Alignment | None:
+        chars = "".join(words)
+        return Alignment(chars, seconds) if chars else None
+
+    def _begin(self, chunk: TextChunk) -> None:
+        self._index = chunk.index
+        text = self._text_of(chunk)
+        self._chars = len(text)
+        self._spoken_s = 0.0
+        self._words = deque((match.start(), match.group()) for match in _WORD.finditer(text))
+
+    def _take_started(self) -> list[str]:
+        due = []
+        while self._words and self._words[0][0] / self._rate < self._spoken_s:
+            due.append(self._words.popleft()[1])
+        return due
+
+    def _take_all(self) -> list[str]:
+        due = [word for _, word in self._words]
+        self._words.clear()
+        return due
+
+    def _learn_rate(self) -> None:
+        if self._spoken_s > 0 and self._chars:
+            self._rate = (self._rate + self._chars / self._spoken_s) / 2
+
+
+@dataclass(frozen=True)
+class Alignments:
+    """One message's characters twice over the same audio: the caller's own (their `alignment`) and the
+    normalized ones the model spoke (their `normalizedAlignment`)."""
+
+    caller: Alignment | None
+    normalized: Alignment | None
+
+    def __bool__(self) -> bool:
+        return self.caller is not None or self.normalized is not None
+
+
+class TranscriptAligner:
+    """An `Aligner` for each text of the chunks, fed the same audio, so both transcripts end together."""
+
+    def __init__(self) -> None:
+        self._caller = Aligner(caller_text)
+        self._normalized = Aligner(lambda chunk: chunk.text)
+
+    def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Alignments:
+        return Alignments(self._caller.align(seconds, chunk, chunk_ends),
+                          self._normalized.align(seconds, chunk, chunk_ends))
+
+    def finish_chunk(self, chunk: TextChunk) -> Alignments:
+        return Alignments(self._caller.finish_chunk(chunk), self._normalized.finish_chunk(chunk))
