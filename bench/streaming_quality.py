@@ -30,7 +30,7 @@ class StreamingQuality:
 
     @classmethod
     def compare(cls, parts: list[np.ndarray], whole: np.ndarray, streamed_seconds: float = 0.0,
-                whole_seconds: float = 0.0) -> "StreamingQuality":
+                whole_seconds: float = 0.0) -> StreamingQuality:
         """Quality of the streamed chunks `parts` against the whole-utterance decode `whole`."""
         streamed = np.concatenate(parts)
         jumps = np.abs(np.diff(streamed))

@@ -12,7 +12,8 @@ time to find and fail the culprit while every other request goes on.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 

@@ -36,7 +36,7 @@ class EngineConfig:
     synthetic_tokens_per_char: float = 0.0  # load tests on random weights: fixed length per character
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "EngineConfig":
+    def from_settings(cls, settings: Settings) -> EngineConfig:
         device = settings.resolved_device
         max_batch = settings.max_batch_size if device.startswith("cuda") else min(settings.max_batch_size,
                                                                                   CPU_MAX_BATCH)

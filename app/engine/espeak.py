@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import logging
+import re
 import shutil
 import struct
 import subprocess
 import sys
-from typing import Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 

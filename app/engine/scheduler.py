@@ -14,8 +14,9 @@ finishes the sequence, and `due_for_audio` says which sequences have enough new 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any
 
 from app.engine.config import EngineConfig
 from app.engine.types import SAMPLE_RATE, EngineRequest

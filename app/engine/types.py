@@ -28,7 +28,7 @@ class EngineError(Exception):
         self.message = message
 
     @classmethod
-    def wrap(cls, exc: Exception, what: str) -> "EngineError":
+    def wrap(cls, exc: Exception, what: str) -> EngineError:
         """`exc` itself if it is an EngineError, else an `engine_error` saying what failed and why."""
         return exc if isinstance(exc, EngineError) else cls("engine_error", f"{what}: {exc}")
 
@@ -64,7 +64,7 @@ class GenerationSettings:
             raise SettingsError(f"max_new_tokens must be an integer between 1 and {MAX_TOKENS}")
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any], base: "GenerationSettings | None" = None) -> "GenerationSettings":
+    def from_mapping(cls, values: dict[str, Any], base: GenerationSettings | None = None) -> GenerationSettings:
         """Build from client JSON, rejecting unknown keys and wrong types with a clear message."""
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
@@ -127,12 +127,12 @@ class EngineOutput:
     error: EngineError | None = None
 
     @classmethod
-    def failed(cls, request_id: str, error: EngineError) -> "EngineOutput":
+    def failed(cls, request_id: str, error: EngineError) -> EngineOutput:
         """The last output of a request that failed: no audio, the error."""
         return cls(request_id, EMPTY_PCM, finished=True, error=error)
 
     @classmethod
-    def ended(cls, request_id: str) -> "EngineOutput":
+    def ended(cls, request_id: str) -> EngineOutput:
         """A final output with no audio (e.g. after a cancel)."""
         return cls(request_id, EMPTY_PCM, finished=True)
 

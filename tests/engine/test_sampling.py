@@ -4,11 +4,7 @@ other, and a seeded stream's draws the same alone or in any batch."""
 from __future__ import annotations
 
 import torch
-from transformers.generation.logits_process import (
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TopPLogitsWarper,
-)
+from transformers.generation.logits_process import MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
 
 from app.engine.chatterbox import sampling
 
@@ -26,7 +22,7 @@ def test_logit_processing_matches_hugging_face_per_row():
     seen = torch.zeros(rows, vocab, dtype=torch.bool)
     for row, ids in enumerate(history):
         seen[row, ids[0]] = True
-    column = lambda i: torch.tensor([p[i] for p in params], dtype=torch.float32)  # noqa: E731
+    column = lambda i: torch.tensor([p[i] for p in params], dtype=torch.float32)
     ours = sampling.process_logits(
         logits, partner=partner, cfg_weight=column(0), seen=seen, repetition_penalty=column(1),
         temperature=column(2), min_p=column(3), top_p_floor=torch.tensor([1.0 - p[4] for p in params]),

@@ -60,7 +60,7 @@ def test_produced_audio_pushes_the_dry_time_back():
     s = scheduler()
     s.add(request("a", deadline=10.0))
     s.add(request("b", deadline=12.0))
-    a, b = s.admit(2)
+    a, _ = s.admit(2)
     s.audio_emitted(a, 5 * SAMPLE_RATE)  # a's listener now has audio until 15 s
     assert ids(s.decode_batch()) == ["b", "a"]
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 
-from app.engine.chatterbox import sampling
 from app.engine.chatterbox.arch import build_t3
 from app.engine.chatterbox.t3 import T3Decoder
 from app.engine.types import EngineError, GenerationSettings

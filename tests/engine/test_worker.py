@@ -4,15 +4,16 @@ concerns; the thread lives on; cancellation frees the engine's slot."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 import pytest
+from harness import wait_until_async
 
 from app.engine.base import Engine
 from app.engine.types import EngineError, EngineInfo, EngineOutput, EngineRequest
 from app.engine.worker import EngineWorker
-from harness import wait_until_async
 
 PIECES = 3  # outputs per request
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class ChatterboxEngine(Engine):
                                details={"checkpoint": str(models.directory), "size": models.size})
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "ChatterboxEngine":
+    def from_config(cls, config: EngineConfig) -> ChatterboxEngine:
         return cls(load_models(config.checkpoint, device=config.device), config)
 
     # ---- Engine contract ----------------------------------------------------------------------------------
