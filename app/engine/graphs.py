@@ -131,16 +131,12 @@ class GraphRunner:
         function = self._functions[name]
         key = _key(inputs)
         graph = function.graphs.get(key)
-        if graph is not None:
-            for static, value in zip(graph.inputs, (x for x in inputs if isinstance(x, torch.Tensor))):
-                static.copy_(value)
-            graph.graph.replay()
-            return tuple(x.clone() for x in graph.outputs) if function.copy_outputs else graph.outputs
-        if function.optimized is function.eager or not (function.dynamic or key in function.prepared):
+        optimized = function.optimized is not function.eager and (function.dynamic or key in function.prepared)
+        if graph is None and not optimized:
             return function.eager(*inputs)
         try:
-            return function.optimized(*inputs)
-        except Exception as exc:  # a compiled failure must not fail requests: run eagerly instead
+            return function.optimized(*inputs) if graph is None else _replay(graph, inputs, function.copy_outputs)
+        except Exception as exc:  # a compiled or captured failure must not fail requests: run eagerly instead
             self.fall_back(f"{self.name} {name} at {list(key)}: {type(exc).__name__}: {exc}")
             return function.eager(*inputs)
 
@@ -170,6 +166,13 @@ class GraphRunner:
         return {"compile_mode": self.compile_mode, "inductor_mode": self.inductor_mode,
                 "cuda_graphs": self.cuda_graphs, "capture_seconds": round(self.capture_seconds, 3),
                 "fallback_reason": self.fallback_reason}
+
+
+def _replay(graph: _Graph, inputs: tuple, copy_outputs: bool) -> Tensors:
+    for static, value in zip(graph.inputs, (x for x in inputs if isinstance(x, torch.Tensor))):
+        static.copy_(value)
+    graph.graph.replay()
+    return tuple(x.clone() for x in graph.outputs) if copy_outputs else graph.outputs
 
 
 def compile_function(fn: Callable, mode: str, shapes: int, dynamic: bool = False) -> Callable:
