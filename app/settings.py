@@ -47,8 +47,9 @@ class Settings:
                       ("auto", "float32", "bfloat16", "float16"))
     enable_optimizations: bool = _opt(True, "Compile and capture CUDA graphs at start-up (falls back to eager "
                                             "with a logged reason on failure).")
-    compile_mode: str = _opt("none", "`none`: capture the decode step as CUDA graphs directly (fastest start-up); "
-                                     "or a torch.compile mode for the optimized paths.",
+    compile_mode: str = _opt("none", "How T3 and S3Gen are optimized on CUDA, always inside our own CUDA graphs: "
+                                     "`none` and `reduce-overhead` capture the eager code (fastest start-up); "
+                                     "`default` and `max-autotune` capture inductor's (max-autotune) kernels.",
                              ("none", "default", "reduce-overhead", "max-autotune"))
     max_batch_size: int = _opt(64, "Most streams stepped together in one T3 decode step (at most 4 on a CPU).")
     max_new_tokens: int = _opt(1000, "Cap on speech tokens per text chunk (40 s of audio).")
@@ -62,9 +63,9 @@ class Settings:
     first_audio_tokens: int = _opt(10, "Speech tokens in a request's first S3Gen chunk (0.4 s of audio).")
     audio_chunk_tokens: int = _opt(40, "Speech tokens in later S3Gen chunks.")
     watermark: bool = _opt(False, "Apply Resemble's Perth watermark to each streamed chunk.")
-    synthetic_tokens_per_char: float = _opt(0.0, "Load tests on random-weight checkpoints only: end every chunk "
-                                                 "after len(text) x this many speech tokens (random weights never "
-                                                 "emit the stop token; real speech runs about 1.7). 0 = off.")
+    synthetic_tokens_per_char: float = _opt(0.0, "Load tests only: every chunk is exactly len(text) x this many "
+                                                 "speech tokens, stop token ignored (random weights never emit it; "
+                                                 "real speech runs about 1.7; espeak pads or cuts). 0 = off.")
 
     # streaming protocol
     chunk_size: int = _opt(50, "Default text-chunk budget in tokens (25-200), overridable per connection.")

@@ -1,7 +1,7 @@
 """End-to-end benchmark: chatterbox's own `ChatterboxTTS.generate` against our engine, in the same run.
 
 Random weights never stop on their own, so every request produces exactly `--tokens` speech tokens (upstream:
-stop token disabled and `max_new_tokens` fixed; ours: `fixed_tokens`). Prints a table and writes JSON.
+stop token disabled and `max_new_tokens` fixed; ours: the bench-only `EngineRequest.fixed_tokens`). Prints a table and writes JSON.
 
     python bench/benchmark.py --checkpoint var/ckpt-full --device cuda --streams 1,8,32,64 --tokens 200
     python bench/benchmark.py --checkpoint var/test-checkpoints/tiny-* --device cpu --streams 1,2 --tokens 30
@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.chatterbox.engine import ChatterboxEngine  # noqa: E402
 from app.engine.chatterbox.loader import ChatterboxModels, load_models  # noqa: E402
-from app.engine.chatterbox.s3gen_stream import S3GenStreamer, streaming_quality  # noqa: E402
+from app.engine.config import EngineConfig  # noqa: E402
+from app.engine.chatterbox.s3gen_stream import S3GenStreamer  # noqa: E402
+from bench.streaming_quality import streaming_quality  # noqa: E402
 from app.engine.types import SAMPLE_RATE, EngineRequest, GenerationSettings  # noqa: E402
 
 TEXT = "Streaming speech synthesis for voice agents, measured end to end on a synthetic checkpoint."
@@ -92,8 +94,8 @@ def run_concurrent(engine: ChatterboxEngine, streams: int, tokens: int, device: 
     sync(device)
     start = time.perf_counter()
     for i in range(streams):
-        engine.add_request(EngineRequest(f"bench-{streams}-{i}", TEXT, None,
-                                         GenerationSettings(seed=i, fixed_tokens=tokens)))
+        engine.add_request(EngineRequest(f"bench-{streams}-{i}", TEXT, None, GenerationSettings(seed=i),
+                                         fixed_tokens=tokens))
     first: dict[str, float] = {}
     done: dict[str, float] = {}
     samples: dict[str, int] = {}
@@ -119,8 +121,9 @@ def ours(checkpoint: str, device: str, dtype: str, streams: list[int], tokens: i
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()  # the baseline's float32 copy is gone; measure ours alone
     models = load_models(checkpoint, device=device)
-    engine = ChatterboxEngine(models, device=device, dtype=dtype, max_batch=max(streams), cfm_steps=cfm_steps,
-                              enable_optimizations=optimize, compile_mode=compile_mode)
+    engine = ChatterboxEngine(models, EngineConfig(device=device, dtype=dtype, max_batch=max(streams),
+                                                   cfm_steps=cfm_steps, enable_optimizations=optimize,
+                                                   compile_mode=compile_mode))
     started = time.perf_counter()
     engine.warmup()
     warmup_s = time.perf_counter() - started

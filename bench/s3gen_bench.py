@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from app.engine.chatterbox import s3gen_compute as compute  # noqa: E402
-from app.engine.chatterbox.s3gen_stream import (  # noqa: E402
-    VOCODER_STEP, WINDOW_STEP, S3GenStreamer, StreamingQuality, snr_db, stream_chunks, streaming_quality)
+from app.engine.chatterbox.s3gen_stream import VOCODER_STEP, WINDOW_STEP, S3GenStreamer  # noqa: E402
+from bench.streaming_quality import StreamingQuality, snr_db, stream_chunks, streaming_quality  # noqa: E402
 from bench.opcount import count_kernels  # noqa: E402
 
 SPEECH_VOCAB = 6561

@@ -57,8 +57,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cfg-weight", type=float, default=0.5)
     parser.add_argument("--max-context", type=int, default=1500)
     parser.add_argument("--compile-mode", default="default",
-                        help="torch.compile mode of the `compile` mode: default and max-autotune-no-cudagraphs run "
-                             "inside our CUDA graphs, reduce-overhead and max-autotune record their own")
+                        help="--compile-mode of the `compile` mode (as the server's: inductor kernels inside our "
+                             "CUDA graphs; reduce-overhead is our graphs alone)")
     parser.add_argument("--json", type=Path, help="also append one JSON object per measurement here")
     return parser.parse_args()
 
@@ -146,7 +146,7 @@ def count_step_kernels(decoder: T3Decoder, cond: T3Cond, batch: int, args) -> di
 
 def build_decoder(mode: str, t3, args, device, dtype, batches: list[int]) -> T3Decoder:
     decoder = T3Decoder(t3, max_batch=max(batches), max_context=args.max_context, device=device, dtype=dtype,
-                        enable_cuda_graphs=mode in ("graphs", "compile"),  # compile: our graphs unless the mode has its own
+                        enable_cuda_graphs=mode in ("graphs", "compile"),
                         compile_mode=args.compile_mode if mode == "compile" else None)
     if mode != "eager":
         rows_per_stream = 2 if args.cfg_weight > 0 else 1

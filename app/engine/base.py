@@ -2,12 +2,17 @@
 
 An engine is synchronous and single-owner: only the `EngineWorker` thread calls it, so it may keep device
 state without locks. One `step()` advances every running request by one unit of work (a batched decode step
-for Chatterbox) and returns whatever new audio exists.
+for Chatterbox) and returns whatever new audio exists. An engine never modifies the requests it is handed.
+
+Failures: an exception from `step()` means nothing it would have returned was lost (work that can fail runs
+before any request's progress is committed); the worker then retries with `step(only={id})` one request at a
+time to find and fail the culprit while every other request goes on.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -27,8 +32,8 @@ class Engine(ABC):
         """Drop a request and free its resources before the next step; unknown ids are ignored."""
 
     @abstractmethod
-    def step(self) -> list[EngineOutput]:
-        """Advance running requests by one unit of work."""
+    def step(self, only: Collection[str] | None = None) -> list[EngineOutput]:
+        """Advance running requests (only those listed in `only`, if given) by one unit of work."""
 
     @abstractmethod
     def has_unfinished(self) -> bool:

@@ -11,17 +11,22 @@ Mapping of Chatterbox concepts:
   100% at 0.5), the closest thing espeak has to expressiveness.
 - `seed`, temperature and the other sampling settings have no effect: espeak is deterministic.
 - a "speech token" is 40 ms of audio (Chatterbox's 25 Hz token rate): `speech_tokens` counts them, and
-  `max_new_tokens` / `fixed_tokens` cap or fix the audio length the same way they do for the model.
+  `max_new_tokens` (and, for load tests, a fixed token count) cap or fix the audio length as for the model.
+- requests go through the same `Scheduler` as the model's: one new synthesis per step, the fair pick across
+  clients (then the most urgent).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 import struct
 import subprocess
+import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -29,8 +34,11 @@ import numpy as np
 
 from app.audio.resample import as_mono_f32, resample
 from app.engine.base import Engine
-from app.engine.scheduler import urgency
+from app.engine.config import EngineConfig
+from app.engine.scheduler import Scheduler, Sequence
 from app.engine.types import SAMPLE_RATE, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
+
+log = logging.getLogger(__name__)
 
 SLICE_SECONDS = 0.25
 SLICE_SAMPLES = int(SLICE_SECONDS * SAMPLE_RATE)
@@ -82,71 +90,65 @@ class EspeakVoice:
         return self.name if self.variant is None else f"{self.name}+{self.variant}"
 
 
-@dataclass
-class _Running:
-    request: EngineRequest
-    pcm: np.ndarray | None = None  # synthesized on the request's first step
-    offset: int = 0
-
-
 class EspeakEngine(Engine):
     info = EngineInfo(name="espeak", device="cpu", dtype="int16")
 
-    def __init__(self, executable: str = "espeak-ng", timeout_s: float = 30.0):
+    def __init__(self, config: EngineConfig | None = None, executable: str = "espeak-ng", timeout_s: float = 30.0):
         path = shutil.which(executable)
         if path is None:
             raise RuntimeError(f"{executable} not found; install espeak-ng (apt-get install espeak-ng)")
         self._executable = path
         self._timeout_s = timeout_s
-        self._running: dict[str, _Running] = {}
+        # No decode rows to run out of: every started request advances each step.
+        self.scheduler = Scheduler(config or EngineConfig(engine="espeak"), max_running=sys.maxsize)
 
     # ---- requests -----------------------------------------------------------------------------------------
 
     def add_request(self, request: EngineRequest) -> None:
-        self._running[request.request_id] = _Running(request)
+        self.scheduler.add(request)
 
     def abort_request(self, request_id: str) -> None:
-        self._running.pop(request_id, None)
+        self.scheduler.remove(request_id)
 
     def has_unfinished(self) -> bool:
-        return bool(self._running)
+        return self.scheduler.has_unfinished()
 
-    def step(self) -> list[EngineOutput]:
-        # Synthesis (a subprocess) is the costly part: start at most one new request per step, the most urgent,
-        # so a reply's first chunk is not queued behind the whole rest of the text.
-        started = [r for r in self._running.values() if r.pcm is not None]
-        waiting = [r for r in self._running.values() if r.pcm is None]
-        if waiting:
-            started.append(min(waiting, key=lambda r: urgency(r.request, 0)))
-        outputs = [self._advance(running) for running in started]
-        for output in outputs:
-            if output.finished:
-                del self._running[output.request_id]
-        return outputs
+    def step(self, only: Collection[str] | None = None) -> list[EngineOutput]:
+        # Synthesis (a subprocess) is the costly part: start at most one new request per step, so a reply's first
+        # chunk is not queued behind the whole rest of the text. It runs before anything advances.
+        failed = [self._start(sequence) for sequence in self.scheduler.admit(1, only)]
+        return [output for output in failed if output is not None] + [
+            self._advance(sequence) for sequence in self.scheduler.decode_batch(only)]
 
-    def _advance(self, running: _Running) -> EngineOutput:
-        request = running.request
-        if running.pcm is None:
-            try:
-                running.pcm = self.synthesize(request.text, request.voice, request.settings)
-            except EngineError as exc:
-                return EngineOutput.failed(request.request_id, exc)
-        start = running.offset
-        running.offset = min(start + SLICE_SAMPLES, running.pcm.size)
-        return EngineOutput(request.request_id, running.pcm[start:running.offset],
-                            finished=running.offset >= running.pcm.size,
-                            speech_tokens=-(-running.offset // SAMPLES_PER_TOKEN))
+    def _start(self, sequence: Sequence) -> EngineOutput | None:
+        """Synthesize a newly admitted request's whole audio; the failed output if that fails (it alone)."""
+        request = sequence.request
+        try:
+            sequence.state = _fit_length(self.synthesize(request.text, request.voice, request.settings), sequence)
+        except Exception as exc:
+            log.warning("espeak synthesis failed for %s: %s", request.request_id, exc)
+            self.scheduler.remove(request.request_id)
+            return EngineOutput.failed(request.request_id, EngineError.wrap(exc, "synthesis failed"))
+        return None
+
+    def _advance(self, sequence: Sequence) -> EngineOutput:
+        pcm, start = sequence.state, sequence.samples_emitted
+        piece = pcm[start:start + SLICE_SAMPLES]
+        sequence.finished = start + piece.size >= pcm.size
+        self.scheduler.audio_emitted(sequence, piece.size)
+        return EngineOutput(sequence.request_id, piece, finished=sequence.finished,
+                            speech_tokens=-(-sequence.samples_emitted // SAMPLES_PER_TOKEN))
 
     # ---- synthesis ----------------------------------------------------------------------------------------
 
     def synthesize(self, text: str, voice: EspeakVoice, settings: GenerationSettings = GenerationSettings()
                    ) -> np.ndarray:
-        """The whole utterance as float32 mono at SAMPLE_RATE (what the slices of a request add up to)."""
+        """The whole utterance as float32 mono at SAMPLE_RATE (before a request's token budget cuts or pads it)."""
         if not isinstance(voice, EspeakVoice):
             raise EngineError("bad_voice", f"the espeak engine cannot use a {type(voice).__name__} voice")
         wav = self._run_espeak(_ssml(text, settings.exaggeration), voice)
         pcm, rate = _parse_wav(wav)
-        return _fit_length(resample(pcm, rate, SAMPLE_RATE), settings)
+        return resample(pcm, rate, SAMPLE_RATE)
 
     def _run_espeak(self, ssml: str, voice: EspeakVoice) -> bytes:
         # Text goes through stdin (never argv), so text starting with "-" cannot be read as an option.
@@ -232,9 +234,10 @@ def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
     raise EngineError("engine_error", "espeak-ng output has no audio data")
 
 
-def _fit_length(pcm: np.ndarray, settings: GenerationSettings) -> np.ndarray:
-    """Apply the token budget: exactly `fixed_tokens` (padding with silence), else at most `max_new_tokens`."""
-    if settings.fixed_tokens is not None:
-        target = settings.fixed_tokens * SAMPLES_PER_TOKEN
+def _fit_length(pcm: np.ndarray, sequence: Sequence) -> np.ndarray:
+    """Apply the token budget: exactly `token_limit` tokens for a fixed length (padding with silence), else at
+    most that many."""
+    target = sequence.token_limit * SAMPLES_PER_TOKEN
+    if sequence.ignore_stop:
         return np.pad(pcm[:target], (0, max(0, target - pcm.size)))
-    return pcm[: settings.max_new_tokens * SAMPLES_PER_TOKEN]
+    return pcm[:target]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from app.engine.base import Engine
+from app.engine.config import EngineConfig
 from app.settings import Settings
 
 
 def build_engine(settings: Settings) -> Engine:
-    if settings.engine == "espeak":
+    config = EngineConfig.from_settings(settings)
+    if config.engine == "espeak":
         from app.engine.espeak import EspeakEngine
 
-        return EspeakEngine()
+        return EspeakEngine(config)
     from app.engine.chatterbox.engine import ChatterboxEngine
 
-    return ChatterboxEngine.from_settings(settings)
+    return ChatterboxEngine.from_config(config)

@@ -15,6 +15,7 @@ import numpy as np
 
 SAMPLE_RATE = 24_000  # Chatterbox's S3Gen output rate; every engine speaks at it.
 MAX_PROMPT_TOKENS = 250  # Chatterbox's 10 s S3Gen voice reference (DEC_COND_LEN) in 25 Hz speech tokens
+MAX_TOKENS = 4000  # most speech tokens one request may ask for (160 s of audio)
 EMPTY_PCM = np.zeros(0, dtype=np.float32)
 
 
@@ -25,6 +26,11 @@ class EngineError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    @classmethod
+    def wrap(cls, exc: Exception, what: str) -> EngineError:
+        """`exc` itself if it is an EngineError, else an `engine_error` saying what failed and why."""
+        return exc if isinstance(exc, EngineError) else cls("engine_error", f"{what}: {exc}")
 
 
 class SettingsError(EngineError):
@@ -44,8 +50,6 @@ class GenerationSettings:
     exaggeration: float = 0.5
     seed: int | None = None
     max_new_tokens: int = 1000
-    # Benchmarks only: ignore the stop token and produce exactly this many speech tokens.
-    fixed_tokens: int | None = None
 
     def __post_init__(self) -> None:
         _check_range("temperature", self.temperature, 0.05, 5.0)
@@ -56,13 +60,11 @@ class GenerationSettings:
         _check_range("exaggeration", self.exaggeration, 0.0, 2.0)
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
             raise SettingsError("seed must be an integer between 0 and 2**63-1")
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4000:
-            raise SettingsError("max_new_tokens must be an integer between 1 and 4000")
-        if self.fixed_tokens is not None and not 1 <= self.fixed_tokens <= 4000:
-            raise SettingsError("fixed_tokens must be between 1 and 4000")
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_TOKENS:
+            raise SettingsError(f"max_new_tokens must be an integer between 1 and {MAX_TOKENS}")
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any], base: "GenerationSettings | None" = None) -> "GenerationSettings":
+    def from_mapping(cls, values: dict[str, Any], base: GenerationSettings | None = None) -> GenerationSettings:
         """Build from client JSON, rejecting unknown keys and wrong types with a clear message."""
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
@@ -70,12 +72,12 @@ class GenerationSettings:
             raise SettingsError(f"unknown generation setting(s): {', '.join(unknown)}")
         merged = dict((base or cls()).__dict__)
         for name, value in values.items():
-            if value is None and name in ("seed", "fixed_tokens"):
+            if value is None and name == "seed":
                 merged[name] = None
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SettingsError(f"{name} must be a number")
-            if name in ("seed", "max_new_tokens", "fixed_tokens"):
+            if name in ("seed", "max_new_tokens"):
                 if not float(value).is_integer():
                     raise SettingsError(f"{name} must be an integer")
                 value = int(value)
@@ -110,6 +112,8 @@ class EngineRequest:
     arrival: float = field(default_factory=time.monotonic)
     # Who asked (a connection or API-key id): the scheduler shares decode rows fairly across clients.
     client: str = ""
+    # Benchmarks only, never set from a client message: exactly this many speech tokens, stop token ignored.
+    fixed_tokens: int | None = None
 
 
 @dataclass
@@ -123,12 +127,12 @@ class EngineOutput:
     error: EngineError | None = None
 
     @classmethod
-    def failed(cls, request_id: str, error: EngineError) -> "EngineOutput":
+    def failed(cls, request_id: str, error: EngineError) -> EngineOutput:
         """The last output of a request that failed: no audio, the error."""
         return cls(request_id, EMPTY_PCM, finished=True, error=error)
 
     @classmethod
-    def ended(cls, request_id: str) -> "EngineOutput":
+    def ended(cls, request_id: str) -> EngineOutput:
         """A final output with no audio (e.g. after a cancel)."""
         return cls(request_id, EMPTY_PCM, finished=True)
 

@@ -74,7 +74,8 @@ class EngineWorker:
         self.stats = WorkerStats()
         self._on_step = on_step  # (requests advanced, seconds) for metrics
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._handles: dict[str, RequestHandle] = {}
+        self._handles: dict[str, RequestHandle] = {}  # asyncio side
+        self._live: set[str] = set()  # worker thread: requests the engine holds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -123,6 +124,8 @@ class EngineWorker:
         handle._deliver(output)
 
     # ---- worker thread ------------------------------------------------------------------------------------
+    # `_run` is the single owner of engine failures: whatever an engine call raises fails the request(s) it
+    # concerns and nothing else, and the thread goes on.
 
     def _run(self) -> None:
         while not self._stopping:
@@ -145,9 +148,9 @@ class EngineWorker:
 
     def _apply(self, kind: str, payload: Any) -> None:
         if kind == "add":
-            self.engine.add_request(payload)
+            self._add(payload)
         elif kind == "abort":
-            self.engine.abort_request(payload)
+            self._forget(payload)
         elif kind == "call":
             future, fn, args = payload
             if future.set_running_or_notify_cancel():
@@ -156,17 +159,53 @@ class EngineWorker:
                 except BaseException as exc:  # handed to the awaiting coroutine
                     future.set_exception(exc)
 
+    def _add(self, request: EngineRequest) -> None:
+        try:
+            self.engine.add_request(request)
+        except Exception as exc:
+            log.exception("engine refused request %s", request.request_id)
+            self._forget(request.request_id)
+            self._post([EngineOutput.failed(request.request_id, EngineError.wrap(exc, "request refused"))])
+            return
+        self._live.add(request.request_id)
+
+    def _forget(self, request_id: str) -> None:
+        """Abort a request in the engine; a failing abort is logged (the request is over either way)."""
+        self._live.discard(request_id)
+        try:
+            self.engine.abort_request(request_id)
+        except Exception:
+            log.exception("engine failed to abort request %s", request_id)
+
     def _step_once(self) -> None:
         started = time.perf_counter()
         try:
             outputs = self.engine.step()
-        except Exception as exc:  # an engine bug must fail the requests it touched, not the process
-            log.exception("engine step failed")
-            outputs = self._fail_running(exc)
+        except Exception:
+            log.exception("engine step failed; retrying its requests one at a time")
+            outputs = self._step_one_by_one()
         elapsed = time.perf_counter() - started
         self._account(len(outputs), elapsed)
         if self._on_step is not None:
             self._on_step(len(outputs), elapsed)
+        self._post(outputs)
+
+    def _step_one_by_one(self) -> list[EngineOutput]:
+        """After a failed step: each live request alone, so only the one(s) whose own step fails are failed."""
+        outputs = []
+        for request_id in sorted(self._live):
+            try:
+                outputs += self.engine.step(only={request_id})
+            except Exception as exc:
+                log.exception("engine step failed for %s", request_id)
+                self._forget(request_id)
+                outputs.append(EngineOutput.failed(request_id, EngineError.wrap(exc, "synthesis failed")))
+        return outputs
+
+    def _post(self, outputs: list[EngineOutput]) -> None:
+        for output in outputs:
+            if output.finished or output.error is not None:
+                self._live.discard(output.request_id)
         if outputs and self._loop is not None:
             self._loop.call_soon_threadsafe(self._deliver_all, outputs)
 
@@ -175,15 +214,6 @@ class EngineWorker:
         self.stats.busy_seconds += elapsed
         self.stats.last_batch_size = batch_size
 
-    def _fail_running(self, exc: Exception) -> list[EngineOutput]:
-        error = EngineError("engine_error", f"synthesis failed: {exc}")
-        failed = []
-        for request_id in list(self._handles):
-            self.engine.abort_request(request_id)
-            failed.append(EngineOutput.failed(request_id, error))
-        return failed
-
     def _deliver_all(self, outputs: list[EngineOutput]) -> None:
         for output in outputs:
             self._deliver(output)
-

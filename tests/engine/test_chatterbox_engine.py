@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from app.engine.chatterbox.engine import ChatterboxEngine
+from app.engine.config import EngineConfig
 from app.engine.types import EngineError, EngineRequest, GenerationSettings, SettingsError
 from app.engine.worker import EngineWorker
 
@@ -16,7 +17,7 @@ TEXT = "Hello there, this is a test."
 
 @pytest.fixture(scope="module")
 def engine(tiny_models) -> ChatterboxEngine:
-    return ChatterboxEngine(tiny_models, cfm_steps=2, first_audio_tokens=10, audio_chunk_tokens=20)
+    return ChatterboxEngine(tiny_models, EngineConfig(cfm_steps=2, first_audio_tokens=10, audio_chunk_tokens=20))
 
 
 def run(engine: ChatterboxEngine, *requests: EngineRequest, max_steps: int = 500) -> dict[str, list]:
@@ -37,7 +38,7 @@ def audio(outputs: list) -> np.ndarray:
 
 
 def request(request_id: str, seed: int | None, tokens: int = 40, **settings) -> EngineRequest:
-    return EngineRequest(request_id, TEXT, None, GenerationSettings(seed=seed, fixed_tokens=tokens, **settings))
+    return EngineRequest(request_id, TEXT, None, GenerationSettings(seed=seed, **settings), fixed_tokens=tokens)
 
 
 def test_streams_audio_in_chunks_before_generation_ends(engine):
@@ -74,7 +75,7 @@ def test_concurrent_requests_with_different_voices_do_not_interfere(engine, tiny
     t = np.arange(24000 * 3) / 24000
     other = engine.embed_voice((0.3 * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32), 24000)
     default_alone = audio(run(engine, request("d", seed=3))["d"])
-    mixed = run(engine, request("d2", seed=3), EngineRequest("o", TEXT, other, GenerationSettings(seed=3, fixed_tokens=40)))
+    mixed = run(engine, request("d2", seed=3), EngineRequest("o", TEXT, other, GenerationSettings(seed=3), fixed_tokens=40))
     assert np.abs(default_alone - audio(mixed["d2"])).max() < 1e-5  # batched S3Gen: last-bit rounding only
     assert not np.array_equal(default_alone, audio(mixed["o"]))
 
@@ -125,7 +126,7 @@ async def test_worker_reports_engine_errors_per_request(engine):
     worker = EngineWorker(engine)
     worker.start()
     try:
-        bad = worker.submit(EngineRequest("bad", TEXT, object(), GenerationSettings(seed=1, fixed_tokens=20)))
+        bad = worker.submit(EngineRequest("bad", TEXT, object(), GenerationSettings(seed=1), fixed_tokens=20))
         good = worker.submit(request("good", seed=1, tokens=20))
         with pytest.raises(EngineError):
             async for _ in bad:

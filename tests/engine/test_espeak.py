@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.engine.config import EngineConfig
 from app.engine.espeak import SAMPLES_PER_TOKEN, SLICE_SAMPLES, EspeakEngine, EspeakVoice, median_f0
 from app.engine.types import SAMPLE_RATE, EngineError, EngineRequest, GenerationSettings
 from app.engine.worker import EngineWorker
@@ -95,10 +96,18 @@ def test_abort_stops_outputs_at_once(engine):
 
 def test_token_budget_caps_or_fixes_length(engine):
     text = "A sentence that lasts well over one second when spoken."
-    capped = engine.synthesize(text, engine.default_voice(), GenerationSettings(max_new_tokens=10))
-    fixed = engine.synthesize("Hi.", engine.default_voice(), GenerationSettings(fixed_tokens=100))
-    assert capped.size == 10 * SAMPLES_PER_TOKEN
-    assert fixed.size == 100 * SAMPLES_PER_TOKEN
+    engine.add_request(_request(engine, "capped", text, max_new_tokens=10))
+    engine.add_request(EngineRequest("fixed", "Hi.", engine.default_voice(), fixed_tokens=100))
+    outputs = _run_to_end(engine)
+    assert sum(o.pcm.size for o in outputs["capped"]) == 10 * SAMPLES_PER_TOKEN
+    assert sum(o.pcm.size for o in outputs["fixed"]) == 100 * SAMPLES_PER_TOKEN
+    assert outputs["fixed"][-1].speech_tokens == 100
+
+
+def test_synthetic_tokens_per_char_fixes_every_length():
+    engine = EspeakEngine(EngineConfig(engine="espeak", synthetic_tokens_per_char=2.0))
+    engine.add_request(_request(engine, "a", "Hello."))  # 6 characters
+    assert sum(o.pcm.size for o in _run_to_end(engine)["a"]) == 12 * SAMPLES_PER_TOKEN
 
 
 def test_exaggeration_widens_pitch_range(engine):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.chatterbox.s3gen_stream import S3GenStreamer, stream_chunks, streaming_quality
+from app.engine.chatterbox.s3gen_stream import S3GenStreamer
+from bench.streaming_quality import stream_chunks, streaming_quality
 
 TOKENS = 110
 
@@ -204,7 +205,7 @@ def test_a_shorter_prompt_conditions_on_the_voices_first_tokens(tiny_models, tok
 
 
 def test_a_compile_failure_falls_back_to_eager_with_its_reason(tiny_models, tokens, monkeypatch):
-    from app.engine.chatterbox import s3gen_compute as compute
+    from app.engine import graphs
 
     unknown = S3GenStreamer(tiny_models.s3gen, cfm_steps=2, compile_mode="no-such-mode")  # fails at once
     assert unknown.status()["compile_mode"] is None and "no-such-mode" in unknown.status()["fallback_reason"]
@@ -212,7 +213,7 @@ def test_a_compile_failure_falls_back_to_eager_with_its_reason(tiny_models, toke
     def broken(*args):
         raise RuntimeError("inductor exploded")
 
-    monkeypatch.setattr(compute, "compile_function", lambda fn, mode, shapes: broken)  # fails while warming up
+    monkeypatch.setattr(graphs, "compile_function", lambda fn, mode, shapes, dynamic: broken)  # fails while warming up
     streamer = S3GenStreamer(tiny_models.s3gen, cfm_steps=2, compile_mode="default")
     report = streamer.warmup(batch_sizes=[1], window_tokens=[64], vocoder_frames=[32])
     assert "inductor exploded" in report["fallback_reason"] and streamer.status()["compile_mode"] is None

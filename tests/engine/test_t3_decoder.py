@@ -14,13 +14,7 @@ import torch
 import torch.nn.functional as F
 from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
 from chatterbox.models.t3.modules.cond_enc import T3Cond
-from transformers.generation.logits_process import (
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TopPLogitsWarper,
-)
 
-from app.engine.chatterbox import sampling
 from app.engine.chatterbox.arch import build_t3
 from app.engine.chatterbox.t3 import T3Decoder
 from app.engine.types import EngineError, GenerationSettings
@@ -241,55 +235,6 @@ def test_status_on_cpu_reports_eager_without_graphs(t3):
     status = dec.warmup()
     assert status["device"] == "cpu" and status["dtype"] == "float32"
     assert status["captured_buckets"] == [] and status["fallback_reason"] is None
-
-
-# --------------------------------------------------------------------------------------------- sampling
-
-
-def test_logit_processing_matches_hugging_face_per_row():
-    generator = torch.Generator().manual_seed(0)
-    rows, vocab = 4, 300
-    logits = torch.randn(rows, vocab, generator=generator) * 3
-    history = [torch.randint(0, vocab, (1, n), generator=generator) for n in (1, 5, 20, 40)]
-    params = [(0.5, 1.2, 0.8, 0.05, 1.0), (0.0, 1.5, 1.3, 0.1, 0.9), (1.5, 1.0, 0.5, 0.0, 0.5),
-              (0.0, 2.0, 1.0, 0.2, 0.3)]
-    partner = torch.tensor([1, 1, 0, 3])  # row 0 is guided by row 1; row 2 by row 0
-    seen = torch.zeros(rows, vocab, dtype=torch.bool)
-    for row, ids in enumerate(history):
-        seen[row, ids[0]] = True
-    column = lambda i: torch.tensor([p[i] for p in params], dtype=torch.float32)  # noqa: E731
-    ours = sampling.process_logits(
-        logits, partner=partner, cfg_weight=column(0), seen=seen, repetition_penalty=column(1),
-        temperature=column(2), min_p=column(3), top_p_floor=torch.tensor([1.0 - p[4] for p in params]),
-    )
-    for row, (cfg, penalty, temperature, min_p, top_p) in enumerate(params):
-        cond, uncond = logits[row:row + 1], logits[partner[row]][None]
-        x = cond + torch.as_tensor(cfg) * (cond - uncond)
-        x = RepetitionPenaltyLogitsProcessor(penalty=penalty)(history[row], x)
-        x = x / temperature
-        x = MinPLogitsWarper(min_p=min_p)(history[row], x)
-        x = TopPLogitsWarper(top_p=top_p)(history[row], x)
-        assert torch.equal(ours[row], x[0])
-    assert (ours == float("-inf")).any(dim=-1).all()  # every row was really filtered
-
-
-def test_sampling_draws_from_the_softmax_and_depends_only_on_key_and_counter():
-    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
-    draws = 40_000
-    logits = probs.log().expand(draws, -1)
-    keys = torch.full((draws,), sampling.stream_key(123))
-    counters = torch.arange(draws)
-    vocab_hash = sampling.vocab_hashes(4, "cpu")
-    tokens = sampling.sample_tokens(logits, keys, counters, vocab_hash, greedy=False)
-    frequencies = torch.bincount(tokens, minlength=4) / draws
-    assert (frequencies - probs).abs().max() < 0.01  # ~4 standard deviations
-    again = sampling.sample_tokens(logits[:50], keys[:50], counters[:50], vocab_hash, greedy=False)
-    assert torch.equal(again, tokens[:50])
-    other_key = torch.full((50,), sampling.stream_key(124))
-    assert not torch.equal(sampling.sample_tokens(logits[:50], other_key, counters[:50], vocab_hash, False),
-                           tokens[:50])
-    noise = sampling.uniform_noise(keys[:1000], counters[:1000], sampling.vocab_hashes(64, "cpu"))
-    assert 0 < noise.min() and noise.max() < 1 and abs(noise.mean().item() - 0.5) < 0.002
 
 
 # ------------------------------------------------------------------------------------------------- CUDA

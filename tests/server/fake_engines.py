@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 
 import numpy as np
 
@@ -36,10 +37,12 @@ class ToneEngine(Engine):
     def has_unfinished(self) -> bool:
         return bool(self.running)
 
-    def step(self) -> list[EngineOutput]:
+    def step(self, only: Collection[str] | None = None) -> list[EngineOutput]:
         time.sleep(self.step_sleep_s)
         outputs = []
         for request_id, (request, produced) in list(self.running.items()):
+            if only is not None and request_id not in only:
+                continue
             if self.FAIL_MARKER in request.text:
                 del self.running[request_id]
                 outputs.append(EngineOutput(request_id, np.zeros(0, np.float32), finished=True,

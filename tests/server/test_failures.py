@@ -74,11 +74,10 @@ def stalled_socket(port: int) -> socket.socket:
 
 
 async def test_slow_reader_is_dropped_without_stalling_other_connections(server_factory):
-    server = server_factory(send_buffer_s=1.0, send_buffer_bytes=65536)
+    server = server_factory(send_buffer_s=1.0, send_buffer_bytes=65536, synthetic_tokens_per_char=20)
     async with open_session(server.ws_url, sock=stalled_socket(server.settings.port), max_queue=1,
                             close_timeout=1) as slow:
-        channel = await slow.start("s", output={"encoding": "pcm_f32le", "sample_rate": 48000},
-                                   generation={"fixed_tokens": 4000})  # 160 s of audio, 30 MB
+        channel = await slow.start("s", output={"encoding": "pcm_f32le", "sample_rate": 48000})  # 14.4 s, 2.8 MB
         await slow.send("text", context_id="s", text="Nobody reads this.")
         await slow.send("end", context_id="s")
         await asyncio.sleep(0.5)  # the slow reader's socket is full by now
@@ -93,4 +92,4 @@ async def test_slow_reader_is_dropped_without_stalling_other_connections(server_
         error = await slow.until("error", "s", timeout=30)
         assert error["code"] == "slow_consumer"
         assert not slow.frames_after(error, channel)
-        assert len(slow.audio(channel)) < 160 * 48000 * 4
+        assert len(slow.audio(channel)) < 14 * 48000 * 4

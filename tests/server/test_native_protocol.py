@@ -73,6 +73,14 @@ def test_invalid_messages_name_code_and_context(message, code, context_id):
     assert error.message
 
 
+def test_benchmark_only_fixed_tokens_is_an_unknown_generation_setting():
+    """A client once got 160 s of audio from "Hi." this way; only bench code can fix a length now."""
+    for key in ("fixed_tokens", "temprature"):  # the same answer as any misspelt key
+        error = error_of({"type": "start", "context_id": "c", "generation": {key: 4000}})
+        assert error.code == "invalid_settings"
+        assert error.message.endswith(f"unknown generation setting(s): {key}")
+
+
 def test_audio_frame_header_is_uint32_le_channel_and_keeps_f32_aligned():
     payload = np.arange(3, dtype="<f4").tobytes()
     frame = p.audio_frame(258, payload)

@@ -18,7 +18,8 @@ PARAGRAPH = ("Streaming speech should start quickly. The server splits a reply i
              "sentences. When the reply ends, the last words are spoken too.")
 ESPEAK_WORDS_PER_SECOND = 175 / 60  # espeak-ng's default rate
 BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
-ONE_SECOND = {"fixed_tokens": 25}  # espeak pads or cuts to exactly 25 x 40 ms
+# Load-test knob: every chunk is exactly ceil(len(text) x this) speech tokens; espeak pads or cuts to them.
+ONE_SECOND_PER_HELLO = 4.1  # "Hello." -> 25 tokens x 40 ms
 
 
 def tokens_of(text: str) -> list[str]:
@@ -77,14 +78,13 @@ async def test_paragraph_streamed_token_by_token_comes_back_as_plausible_audio(s
 
 async def test_every_encoding_and_rate_gives_the_right_bytes_per_second(server_factory):
     formats = [(encoding, rate) for encoding in STREAM_ENCODINGS for rate in SAMPLE_RATES]
-    server = server_factory(max_contexts_per_connection=len(formats))
+    server = server_factory(max_contexts_per_connection=len(formats), synthetic_tokens_per_char=ONE_SECOND_PER_HELLO)
     async with open_session(server.ws_url) as session:
         channels = {}
         for encoding, rate in formats:
             context_id = f"{encoding}-{rate}"
             channels[context_id] = await session.start(context_id, output={"encoding": encoding,
-                                                                           "sample_rate": rate},
-                                                       generation=ONE_SECOND)
+                                                                           "sample_rate": rate})
             await session.send("text", context_id=context_id, text="Hello.")
             await session.send("end", context_id=context_id)
         await session.until_all("done", list(channels))
@@ -113,11 +113,10 @@ async def test_flush_speaks_buffered_text_without_waiting_for_a_boundary(server_
 
 
 async def test_cancel_mid_stream_stops_audio_and_frees_the_engine(server_factory):
-    server = server_factory()
+    server = server_factory(synthetic_tokens_per_char=40)  # 1760 tokens: 70 s of audio
     worker = server.app.state.worker
     async with open_session(server.ws_url) as session:
-        channel = await session.start("c", output={"encoding": "pcm_f32le", "sample_rate": 48000},
-                                      generation={"fixed_tokens": 4000})  # 160 s of audio
+        channel = await session.start("c", output={"encoding": "pcm_f32le", "sample_rate": 48000})
         await session.send("text", context_id="c", text="This reply is interrupted. It goes on and on.")
         await session.send("end", context_id="c")
         await session.first_audio(channel)
@@ -126,7 +125,7 @@ async def test_cancel_mid_stream_stops_audio_and_frees_the_engine(server_factory
         # Anything still in flight would arrive before the reply to a later request on the same socket.
         await session.speak("after", "Still here.")
     assert not session.frames_after(cancelled, channel)
-    assert len(session.audio(channel)) < 160 * 48000 * 4
+    assert len(session.audio(channel)) < 70 * 48000 * 4
     assert not session.events("done", "c")
     assert worker.active_requests == 0
 

@@ -1,20 +1,21 @@
 """The Chatterbox engine: T3 speech tokens, decoded to PCM by streaming S3Gen while T3 keeps generating.
 
-Each `step()`:
+Each `step()` (the scheduler decides, the T3 decoder and S3Gen streamer compute):
 1. admits waiting requests (T3 prefill of voice conditioning + text) while rows are free,
 2. runs one batched T3 decode step over every running sequence (tokens stay on the device),
-3. reads tokens back only when some sequence is due for audio or every `sync_every` steps (stop detection),
+3. reads tokens back only when some sequence is due for audio or every `sync_every` steps, and hands each to
+   the scheduler's `postprocess` (stop token, token limit),
 4. decodes due sequences' new tokens to PCM with S3Gen, most urgent first.
 
-Conditionals travel with each request; nothing voice-specific is stored on shared modules.
+Conditionals travel with each request; nothing voice-specific is stored on shared modules. Requests are read,
+never modified: per-request progress lives in the scheduler's `Sequence`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -25,114 +26,87 @@ from app.engine.base import Engine
 from app.engine.chatterbox.loader import ChatterboxModels, load_models
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer
 from app.engine.chatterbox.t3 import T3Decoder
+from app.engine.config import EngineConfig
 from app.engine.scheduler import Scheduler, Sequence
-from app.engine.types import (
-    MAX_PROMPT_TOKENS, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings)
-from app.settings import Settings
+from app.engine.types import SAMPLE_RATE, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
 
 log = logging.getLogger(__name__)
 
 # Streams per S3Gen call. Warm-up captures a graph per (batch bucket, window) shape; with buckets up to 32 it did not
 # finish in 150 s on an H200, so larger batches are split into calls of this size.
 S3GEN_MAX_BATCH = 8
-CPU_MAX_BATCH = 4
 
 
 class ChatterboxEngine(Engine):
-    def __init__(self, models: ChatterboxModels, device: str = "cpu", dtype: str = "float32",
-                 max_batch: int = 64, cfm_steps: int = 10, left_context: int = 50,
-                 first_audio_tokens: int = 10, audio_chunk_tokens: int = 40, max_new_tokens: int = 1000,
-                 enable_optimizations: bool = True, compile_mode: str | None = None, watermark: bool = False,
-                 synthetic_tokens_per_char: float = 0.0, s3gen_prompt_tokens: int = MAX_PROMPT_TOKENS):
+    def __init__(self, models: ChatterboxModels, config: EngineConfig):
         self.models = models
-        self.device = device
-        self.first_audio_tokens = first_audio_tokens
-        self.audio_chunk_tokens = audio_chunk_tokens
-        self.max_new_tokens = max_new_tokens
-        self.synthetic_tokens_per_char = synthetic_tokens_per_char
-        self.enable_optimizations = enable_optimizations and device.startswith("cuda")
-        if self.enable_optimizations:
+        self.config = config
+        self.device = config.device
+        if config.optimize:
             # S3Gen's encoder and vocoder (and its estimator unless bf16) run in float32: let their matmuls use TF32
             # tensor cores, as PyTorch already lets convolutions do by default.
             torch.backends.cuda.matmul.allow_tf32 = True
-        self.decoder = T3Decoder(models.t3, max_batch=max_batch, device=device, dtype=getattr(torch, dtype),
-                                 enable_cuda_graphs=self.enable_optimizations,
-                                 compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None)
+        compile_mode = config.compile_mode if config.optimize else None
+        self.decoder = T3Decoder(models.t3, max_batch=config.max_batch, device=config.device,
+                                 dtype=getattr(torch, config.dtype), enable_cuda_graphs=config.optimize,
+                                 compile_mode=compile_mode)
         # S3Gen: bf16 estimator matmuls where the engine runs bf16 (encoder and vocoder stay float32), CUDA graphs
         # per (batch, window) bucket when optimizing, several streams per flow and vocoder call.
-        self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=left_context,
-                                   dtype=dtype if device.startswith("cuda") else None,
-                                   compile_mode=_torch_compile_mode(compile_mode) if self.enable_optimizations else None,
-                                   cuda_graphs=self.enable_optimizations, max_batch=min(max_batch, S3GEN_MAX_BATCH),
-                                   prompt_tokens=s3gen_prompt_tokens)
-        self.scheduler = Scheduler(max_running=max_batch)
+        self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=config.cfm_steps, left_context=config.s3gen_left_context,
+                                   dtype=config.dtype if config.on_cuda else None, compile_mode=compile_mode,
+                                   cuda_graphs=config.optimize, max_batch=min(config.max_batch, S3GEN_MAX_BATCH),
+                                   prompt_tokens=config.s3gen_prompt_tokens)
+        self.scheduler = Scheduler(config, max_running=config.max_batch, stop_token=models.t3.hp.stop_speech_token,
+                                   lookahead=self.s3gen.lookahead)
         # Reading tokens back costs a device sync: on a GPU batch it over several steps.
-        self.sync_every = 8 if device.startswith("cuda") else 1
+        self.sync_every = 8 if config.on_cuda else 1
         self._unsynced_steps: list[tuple[list[Sequence], torch.Tensor]] = []
-        self.watermarker = _make_watermarker() if watermark else None
+        self.watermarker = _make_watermarker() if config.watermark else None
         self.compile_seconds: float | None = None
         self.s3gen_warmup: dict | None = None
-        self.info = EngineInfo(name="chatterbox", device=device, dtype=dtype,
+        self.info = EngineInfo(name="chatterbox", device=config.device, dtype=config.dtype,
                                details={"checkpoint": str(models.directory), "size": models.size})
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ChatterboxEngine":
-        device = settings.resolved_device
-        models = load_models(settings.checkpoint, device=device)
-        # The KV cache is preallocated for every row: 64 full-size streams in float32 would need ~48 GB of host
-        # memory, and a CPU cannot step more than a few streams in real time anyway.
-        max_batch = settings.max_batch_size if device.startswith("cuda") else min(settings.max_batch_size, CPU_MAX_BATCH)
-        return cls(models, device=device, dtype=settings.resolved_dtype, max_batch=max_batch,
-                   cfm_steps=settings.cfm_steps, left_context=settings.s3gen_left_context,
-                   first_audio_tokens=settings.first_audio_tokens, audio_chunk_tokens=settings.audio_chunk_tokens,
-                   max_new_tokens=settings.max_new_tokens, enable_optimizations=settings.enable_optimizations,
-                   compile_mode=settings.compile_mode, watermark=settings.watermark,
-                   synthetic_tokens_per_char=settings.synthetic_tokens_per_char,
-                   s3gen_prompt_tokens=settings.s3gen_prompt_tokens)
+    def from_config(cls, config: EngineConfig) -> ChatterboxEngine:
+        return cls(load_models(config.checkpoint, device=config.device), config)
 
     # ---- Engine contract ----------------------------------------------------------------------------------
 
     def add_request(self, request: EngineRequest) -> None:
-        if self.synthetic_tokens_per_char > 0 and request.settings.fixed_tokens is None:
-            length = max(1, math.ceil(len(request.text) * self.synthetic_tokens_per_char))
-            request.settings = dataclasses.replace(request.settings, fixed_tokens=min(length, 4000))
-        sequence = Sequence(request)
-        sequence.next_audio_at = self.first_audio_tokens + self.s3gen.lookahead
-        self.scheduler.add(sequence)
+        self.scheduler.add(request)
 
     def abort_request(self, request_id: str) -> None:
         sequence = self.scheduler.remove(request_id)
-        if sequence is not None and sequence.request_id in self.decoder.active:
+        if sequence is not None:
             self.decoder.remove(request_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
-    def step(self) -> list[EngineOutput]:
-        outputs = self._admit()
-        batch = self.scheduler.decode_batch()
+    def step(self, only: Collection[str] | None = None) -> list[EngineOutput]:
+        outputs = self._admit(only)
+        batch = self.scheduler.decode_batch(only)
         if batch:
             tokens = self.decoder.step([s.request_id for s in batch])
             for sequence in batch:
                 sequence.unsynced += 1
             self._unsynced_steps.append((batch, tokens))
-            if self._sync_due(batch):
+            if len(self._unsynced_steps) >= self.sync_every or self.scheduler.needs_tokens(batch):
                 self._sync_tokens()
-            outputs += self._decode_due_audio(batch)
+            outputs += self._decode_audio(self.scheduler.due_for_audio(batch))
         return outputs
 
     # ---- admission (prefill) ------------------------------------------------------------------------------
 
-    def _admit(self) -> list[EngineOutput]:
+    def _admit(self, only: Collection[str] | None) -> list[EngineOutput]:
         failed = []
-        for sequence in self.scheduler.admit(self._free_sequences()):
+        for sequence in self.scheduler.admit(self._free_sequences(), only):
             try:
                 self._prefill(sequence)
-            except Exception as exc:  # a bad request (voice, text) fails alone
+            except Exception as exc:  # a bad request (voice, text) fails alone, before the batch steps
                 log.warning("prefill failed for %s: %s", sequence.request_id, exc)
-                self.abort_request(sequence.request_id)
-                error = exc if isinstance(exc, EngineError) else EngineError("engine_error", f"prefill failed: {exc}")
-                failed.append(EngineOutput.failed(sequence.request_id, error))
+                failed.append(self._fail(sequence, exc, "prefill failed"))
         return failed
 
     def _free_sequences(self) -> int:
@@ -146,42 +120,27 @@ class ChatterboxEngine(Engine):
         t3_cond = _with_exaggeration(voice.t3, request.settings.exaggeration, self.device)
         self.decoder.add(request.request_id, t3_cond, text_tokens, request.settings)
         sequence.state = self.s3gen.open(voice.gen, seed=request.settings.seed)
-        settings = request.settings
         # A long text leaves less of the KV context for speech: stop there rather than fail the step for everyone.
-        sequence.token_limit = min(settings.fixed_tokens or min(settings.max_new_tokens, self.max_new_tokens),
-                                   self.decoder.tokens_left(request.request_id))
+        self.scheduler.limit_tokens(sequence, self.decoder.tokens_left(request.request_id))
 
-    # ---- token read-back and stop detection ---------------------------------------------------------------
+    def _fail(self, sequence: Sequence, exc: Exception, what: str) -> EngineOutput:
+        """Drop a sequence whose own work failed; the error it ends with."""
+        self.abort_request(sequence.request_id)
+        return EngineOutput.failed(sequence.request_id, EngineError.wrap(exc, what))
 
-    def _sync_due(self, batch: list[Sequence]) -> bool:
-        return len(self._unsynced_steps) >= self.sync_every or any(
-            s.generated >= min(s.next_audio_at, s.token_limit) for s in batch)
+    # ---- token read-back ----------------------------------------------------------------------------------
 
     def _sync_tokens(self) -> None:
         steps, self._unsynced_steps = self._unsynced_steps, []
         values = iter(torch.cat([tokens for _, tokens in steps]).cpu().tolist())  # one device sync
         for batch, _ in steps:
             for sequence in batch:
-                self._append_token(sequence, next(values))
-
-    def _append_token(self, sequence: Sequence, token: int) -> None:
-        sequence.unsynced -= 1
-        if sequence.finished:
-            return
-        fixed = sequence.request.settings.fixed_tokens
-        if token == self.models.t3.hp.stop_speech_token and fixed is None:
-            sequence.finished = True
-            return
-        sequence.tokens.append(token)
-        if len(sequence.tokens) >= sequence.token_limit:
-            sequence.finished = True
-
+                self.scheduler.postprocess(sequence, next(values))
 
     # ---- audio --------------------------------------------------------------------------------------------
 
-    def _decode_due_audio(self, batch: list[Sequence]) -> list[EngineOutput]:
+    def _decode_audio(self, due: list[Sequence]) -> list[EngineOutput]:
         """One batched S3Gen call for every sequence due for audio (already in urgency order)."""
-        due = [s for s in batch if s.finished or len(s.tokens) >= s.next_audio_at]
         if not due:
             return []
         items = [(s.state, _speech_tokens(s), s.finished) for s in due]
@@ -197,18 +156,14 @@ class ChatterboxEngine(Engine):
             return self._audio_output(sequence, self.s3gen.decode_many([item])[0])
         except Exception as exc:  # one request's decode failure must not touch the others
             log.exception("S3Gen decode failed for %s", sequence.request_id)
-            self.abort_request(sequence.request_id)
-            error = EngineError("engine_error", f"audio decode failed: {exc}")
-            return EngineOutput.failed(sequence.request_id, error)
+            return self._fail(sequence, exc, "audio decode failed")
 
     def _audio_output(self, sequence: Sequence, pcm: np.ndarray) -> EngineOutput:
-        if sequence.finished:
-            self.abort_request(sequence.request_id)  # frees its rows
-        else:
-            sequence.next_audio_at = len(sequence.tokens) + self.audio_chunk_tokens
         if self.watermarker is not None and len(pcm):
-            pcm = self.watermarker.apply_watermark(pcm, sample_rate=24_000).astype(np.float32)
-        sequence.samples_emitted += len(pcm)
+            pcm = self.watermarker.apply_watermark(pcm, sample_rate=SAMPLE_RATE).astype(np.float32)
+        self.scheduler.audio_emitted(sequence, len(pcm))
+        if sequence.finished:
+            self.decoder.remove(sequence.request_id)  # frees its rows
         return EngineOutput(sequence.request_id, pcm, finished=sequence.finished,
                             speech_tokens=len(sequence.tokens))
 
@@ -234,13 +189,13 @@ class ChatterboxEngine(Engine):
     def warmup(self) -> None:
         started = time.perf_counter()
         self.decoder.warmup()
-        self.s3gen_warmup = self.s3gen.warmup(first_chunk_tokens=self.first_audio_tokens)
+        self.s3gen_warmup = self.s3gen.warmup(first_chunk_tokens=self.config.first_audio_tokens)
         self._warm_eager_paths()
         self.compile_seconds = time.perf_counter() - started
 
     def _warm_eager_paths(self) -> None:
         """One short request end to end, so first-use costs (allocator, kernels) stay out of the first reply."""
-        self.add_request(EngineRequest("warmup", "Warm up.", None, GenerationSettings(seed=0, fixed_tokens=16)))
+        self.add_request(EngineRequest("warmup", "Warm up.", None, GenerationSettings(seed=0), fixed_tokens=16))
         while self.has_unfinished():
             self.step()
 
@@ -248,17 +203,14 @@ class ChatterboxEngine(Engine):
         return {**self.info.as_dict(), "t3": self.decoder.status(), "compile_seconds": self.compile_seconds,
                 "float32_matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
                 "s3gen": self.s3gen.status(),
-                "first_audio_tokens": self.first_audio_tokens, "audio_chunk_tokens": self.audio_chunk_tokens,
+                "first_audio_tokens": self.config.first_audio_tokens,
+                "audio_chunk_tokens": self.config.audio_chunk_tokens,
                 "queue_depth": self.scheduler.queue_depth, "running": len(self.scheduler.running)}
 
 
 def _speech_tokens(sequence: Sequence) -> torch.Tensor:
     """The sequence's tokens S3Gen can voice (upstream drops the start/stop and other non-speech ids too)."""
     return torch.tensor([t for t in sequence.tokens if t < SPEECH_VOCAB_SIZE], dtype=torch.long)
-
-
-def _torch_compile_mode(mode: str | None) -> str | None:
-    return None if mode in (None, "none") else mode
 
 
 def _with_exaggeration(cond: Any, exaggeration: float, device: str) -> Any:

@@ -20,10 +20,8 @@ attention masks pad keys, so padding changes a row's result only by float roundi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -195,84 +193,6 @@ def vocoder_spectrum(hift, mels: torch.Tensor, source: torch.Tensor) -> Tensors:
 
 def vocoder_waveform(hift, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     return torch.clamp(hift._istft(magnitude, phase), -hift.audio_limit, hift.audio_limit)
-
-
-# ---- compiled and captured execution per shape ------------------------------------------------------------
-
-# torch.compile modes that record their own CUDA graphs (cudagraph trees) map to inductor without them: the
-# graphs are ours, one mechanism for every mode (`reduce-overhead` is then just our graphs).
-INDUCTOR_MODES = {"reduce-overhead": None, "max-autotune": "max-autotune-no-cudagraphs"}
-
-
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    inputs: Tensors
-    outputs: Tensors
-
-
-@dataclass
-class ShapeRunner:
-    """Runs `eager(*tensors) -> tensors`, or for shapes `prepare`d beforehand `optimized` (a torch.compile'd
-    version, or `eager` again), optionally captured as a CUDA graph replayed on static buffers. Unprepared
-    shapes run eagerly, so a new shape never stalls a request on a compile or a capture. Outputs are fresh
-    tensors (a replay overwrites the graph's own)."""
-
-    eager: Callable[..., Tensors]
-    optimized: Callable[..., Tensors]
-    capture: bool  # CUDA graphs
-    pool: object = None
-    prepared: set[tuple] = field(default_factory=set)
-    graphs: dict[tuple, _Graph] = field(default_factory=dict)
-
-    @staticmethod
-    def key(args: Tensors) -> tuple:
-        return tuple((tuple(a.shape), a.dtype) for a in args)
-
-    def __call__(self, *args: torch.Tensor) -> Tensors:
-        key = self.key(args)
-        graph = self.graphs.get(key)
-        if graph is not None:
-            for static, value in zip(graph.inputs, args):
-                static.copy_(value)
-            graph.graph.replay()
-            return tuple(output.clone() for output in graph.outputs)
-        return (self.optimized if key in self.prepared else self.eager)(*args)
-
-    def prepare(self, *args: torch.Tensor) -> None:
-        """Run `optimized` on these shapes until its kernels are settled (and compiled), then capture it if
-        asked."""
-        key = self.key(args)
-        if key in self.prepared:
-            return
-        device = args[0].device
-        side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        if side is not None:
-            side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            self.optimized(*args)  # compiles; creates cuBLAS/cuFFT plans and workspaces outside the capture
-        if side is not None:
-            torch.cuda.current_stream(device).wait_stream(side)
-        if self.capture:
-            inputs = tuple(a.clone() for a in args)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                outputs = self.optimized(*inputs)
-            self.graphs[key] = _Graph(graph, inputs, outputs)
-        self.prepared.add(key)
-
-    def reset(self) -> None:
-        self.prepared.clear()
-        self.graphs.clear()
-
-
-def compile_function(fn: Callable, mode: str, shapes: int) -> Callable:
-    """torch.compile `fn` with room for `shapes` specialisations (dynamo's default recompile limit is 8)."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), shapes + 8))
-    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4 * (shapes + 8))
-    return torch.compile(fn, mode=mode)
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from app.engine.chatterbox import s3gen_compute as compute
 from app.engine.chatterbox.sampling import MASK32, mix32, stream_key
+from app.engine.graphs import GraphRunner
 from app.engine.types import MAX_PROMPT_TOKENS
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,9 @@ class S3GenStreamer:
                  cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None,
                  prompt_tokens: int = MAX_PROMPT_TOKENS):
         """`dtype`: precision of the flow estimator (a copy of it with its weights in that dtype; default
-        float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: torch.compile
-        mode for the CFM step (estimator),
-        applied to shapes `warmup()` prepares (`reduce-overhead` means our CUDA graphs without
-        inductor, `max-autotune` inductor's max-autotune-no-cudagraphs inside our graphs). `cuda_graphs`:
-        capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
+        float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: as everywhere
+        (app.engine.graphs), applied to the CFM step (estimator) for the shapes `warmup()` prepares.
+        `cuda_graphs`: capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
         bucket lengths and batch sizes (default: on CUDA). `prompt_tokens`: most tokens of a voice's prompt
         (and their mels) conditioning the flow, from its start as upstream cuts the reference."""
         self.s3gen = s3gen
@@ -164,15 +163,12 @@ class S3GenStreamer:
         self.static_shapes = device.type == "cuda" if static_shapes is None else static_shapes
         self.dtype = _resolve_dtype(dtype)
         self.estimator = compute.prepare_estimator(self.flow.decoder.estimator, self.dtype)
-        self.compile_mode = compile_mode
-        self.inductor_mode = compute.INDUCTOR_MODES.get(compile_mode, compile_mode)
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.graphs = GraphRunner("S3Gen", device, compile_mode, cuda_graphs)
         self.hift.stft_window = self.hift.stft_window.to(device)  # upstream moves it on every call otherwise
         compute.prepare_vocoder(self.hift)
         self._trim_fade = s3gen.trim_fade.cpu()
         self.voices = VoiceCache(self._voice_tensors)
         self._t_span = compute.cfm_time_span(cfm_steps, self.flow.decoder.t_scheduler, device)
-        self._fallback_reason: str | None = None
         self._warmup_seconds = 0.0
         self._batches: dict[str, list[int]] = {"flow": [0, 0, 0], "vocoder": [0, 0, 0]}  # calls, rows, pad rows
         self._build_runners()
@@ -275,7 +271,7 @@ class S3GenStreamer:
         lengths = torch.tensor([len(call.window) for call in calls], device=device)
         valid = torch.tensor([call.valid_frames for call in calls], device=device)
         mask = compute.padding_mask(valid, frames)[:, None].float()
-        (mu,) = self._run("encoder", self._encoder_runner, tokens, lengths)
+        (mu,) = self.graphs.run("encoder", tokens, lengths)
         speaker = torch.stack([call.stream.voice.speaker for call in calls])
         return self._solve(z, mu, mask, speaker, cond)
 
@@ -284,7 +280,7 @@ class S3GenStreamer:
         """The Euler solver, one CFM step (one graph replay when captured) at a time."""
         x = z
         for i in range(self.cfm_steps):
-            (x,) = self._run("flow", self._step_runner, x, mask, mu, speaker, cond, *self._step_times(i))
+            (x,) = self.graphs.run("cfm_step", x, mask, mu, speaker, cond, *self._step_times(i))
         return x
 
     def _step_times(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,9 +310,9 @@ class S3GenStreamer:
         rows = self._rows(len(group))
         self._count("vocoder", len(group), rows)
         mels = torch.stack([window for _, (window, _) in group] + [group[0][1][0]] * (rows - len(group)))
-        (f0,) = self._run("vocoder", self._f0_runner, mels)
+        (f0,) = self.graphs.run("f0", mels)
         source, source_states = self._vocoder_source(group, f0)
-        magnitude, phase = self._run("vocoder", self._spectrum_runner, mels, source[:, None])
+        magnitude, phase = self.graphs.run("spectrum", mels, source[:, None])
         speech = compute.vocoder_waveform(self.hift, magnitude, phase).cpu()  # one copy; the rest is light work
         return [self._emit(call, window, context, source[i], speech[i], state)
                 for i, ((call, (window, context)), state) in enumerate(zip(group, source_states))]
@@ -411,13 +407,15 @@ class S3GenStreamer:
 
     def _build_runners(self) -> None:
         """Encoder, CFM step and vocoder, each captured per shape: a step rather than the whole solve, so a
-        capture costs one step's launches and the graphs serve every `cfm_steps`."""
+        capture costs one step's launches and the graphs serve every `cfm_steps`. Only the CFM step is compiled:
+        it is nearly all of S3Gen's compute, and inductor breaks the vocoder's graph at its STFT (measured on
+        torch 2.11); CUDA graphs still remove the vocoder's launch overhead."""
         flow, estimator, cfg, hift = self.flow, self.estimator, self.flow.decoder.inference_cfg_rate, self.hift
 
         def encoder(tokens, lengths):
             return (compute.encode(flow, tokens, lengths).transpose(1, 2).contiguous(),)
 
-        def eager_step(x, mask, mu, speaker, cond, t, r):
+        def cfm_step(x, mask, mu, speaker, cond, t, r):
             return (compute.cfm_step(estimator, x, mask, mu, speaker, cond, t, r, cfg),)
 
         def f0(mels):
@@ -426,44 +424,14 @@ class S3GenStreamer:
         def spectrum(mels, source):
             return compute.vocoder_spectrum(hift, mels, source)
 
-        optimized_step = eager_step
-        if self.inductor_mode is not None:
-            # Only the CFM step: it is nearly all of S3Gen's compute, and inductor breaks the vocoder's graph at
-            # its STFT (measured on torch 2.11); CUDA graphs still remove the vocoder's launch overhead.
-            try:
-                optimized_step = compute.compile_function(eager_step, self.inductor_mode, shapes=64 * 16)
-            except Exception as exc:  # e.g. an unknown mode: serve without inductor, say why in status()
-                self._fallback_reason = f"torch.compile({self.inductor_mode!r}) failed: {type(exc).__name__}: {exc}"
-                log.warning("S3Gen streamer runs without torch.compile: %s", self._fallback_reason)
-                self.compile_mode = self.inductor_mode = None
-        pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
-        self._encoder_runner = compute.ShapeRunner(encoder, encoder, self.cuda_graphs, pool)
-        self._step_runner = compute.ShapeRunner(eager_step, optimized_step, self.cuda_graphs, pool)
-        self._f0_runner = compute.ShapeRunner(f0, f0, self.cuda_graphs, pool)
-        self._spectrum_runner = compute.ShapeRunner(spectrum, spectrum, self.cuda_graphs, pool)
+        self.graphs.register("encoder", encoder, compile=False)
+        self.graphs.register("cfm_step", cfm_step, shapes=64 * 16)
+        self.graphs.register("f0", f0, compile=False)
+        self.graphs.register("spectrum", spectrum, compile=False)
 
-    def _runners(self) -> tuple[compute.ShapeRunner, ...]:
-        return self._encoder_runner, self._step_runner, self._f0_runner, self._spectrum_runner
-
-    def _run(self, stage: str, runner: compute.ShapeRunner, *args: torch.Tensor) -> compute.Tensors:
-        """The runner's optimized path, or, if that fails, eager from now on (the failure is in `status()`)."""
-        if not runner.prepared:
-            return runner(*args)
-        try:
-            return runner(*args)
-        except Exception as exc:  # a compiled/captured failure must not fail requests: decode eagerly instead
-            self._fall_back(f"{stage} at {[tuple(a.shape) for a in args]}: {type(exc).__name__}: {exc}")
-            return runner(*args)
-
-    def _fall_back(self, reason: str) -> None:
-        log.warning("S3Gen streamer falls back to eager decoding: %s", reason)
-        self._fallback_reason = reason
-        for runner in self._runners():
-            runner.reset()
-        self.compile_mode, self.inductor_mode, self.cuda_graphs = None, None, False
-
-    def optimizing(self) -> bool:
-        return self.cuda_graphs or self.inductor_mode is not None
+    @property
+    def compile_mode(self) -> str | None:
+        return self.graphs.compile_mode
 
     @torch.inference_mode()
     def warmup(self, batch_sizes: Iterable[int] | None = None, window_tokens: Iterable[int] | None = None,
@@ -475,8 +443,8 @@ class S3GenStreamer:
         vocoded at its own length, so `first_chunk_tokens` (the engine's first_audio_tokens, without the
         lookahead) adds that shape. Returns what it prepared; a failure leaves eager decoding, with the reason
         in `status()`."""
-        if not self.optimizing():
-            return {"prepared": [], "seconds": 0.0, "fallback_reason": self._fallback_reason,
+        if not self.graphs.optimizing:
+            return {"prepared": [], "seconds": 0.0, "fallback_reason": self.graphs.fallback_reason,
                     "note": "eager: no compile mode and no CUDA graphs"}
         batches = sorted({self._rows(b) for b in batch_sizes or self._batch_buckets()}, reverse=True)
         max_window = self.prompt_tokens + self.left_context + 64
@@ -495,25 +463,25 @@ class S3GenStreamer:
                 for frames in vocoder:
                     mels = torch.randn(rows, MEL_CHANNELS, frames, device=self.device)
                     source = torch.zeros(rows, 1, frames * SAMPLES_PER_MEL, device=self.device)
-                    seconds = compute.timed(lambda: (self._f0_runner.prepare(mels),
-                                                     self._spectrum_runner.prepare(mels, source)))
+                    seconds = compute.timed(lambda: (self.graphs.capture("f0", mels),
+                                                     self.graphs.capture("spectrum", mels, source)))
                     prepared.append({"stage": "vocoder", "batch": rows, "frames": frames, "seconds": seconds})
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except Exception as exc:
-            self._fall_back(f"warmup failed: {type(exc).__name__}: {exc}")
+            self.graphs.fall_back(f"warmup failed: {type(exc).__name__}: {exc}")
         self._warmup_seconds += time.perf_counter() - started
         return {"prepared": prepared, "seconds": round(self._warmup_seconds, 3),
-                "fallback_reason": self._fallback_reason}
+                "fallback_reason": self.graphs.fallback_reason}
 
     def _prepare_flow(self, rows: int, width: int) -> None:
         frames, device = TOKEN_MEL_RATIO * width, self.device
         tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
-        self._encoder_runner.prepare(tokens, torch.full((rows,), width, device=device))
+        self.graphs.capture("encoder", tokens, torch.full((rows,), width, device=device))
         x = torch.randn(rows, MEL_CHANNELS, frames, device=device)
-        self._step_runner.prepare(x, torch.ones(rows, 1, frames, device=device), torch.randn_like(x),
-                                  torch.randn(rows, MEL_CHANNELS, device=device), torch.zeros_like(x),
-                                  *self._step_times(0))
+        self.graphs.capture("cfm_step", x, torch.ones(rows, 1, frames, device=device), torch.randn_like(x),
+                            torch.randn(rows, MEL_CHANNELS, device=device), torch.zeros_like(x),
+                            *self._step_times(0))
 
     def _batch_buckets(self) -> list[int]:
         return [1 << i for i in range((self.max_batch - 1).bit_length() + 1)]
@@ -525,14 +493,11 @@ class S3GenStreamer:
             "device": str(self.device),
             "estimator_dtype": str(self.dtype or torch.float32).removeprefix("torch."),
             "encoder_vocoder_dtype": "float32",
-            "compile_mode": self.compile_mode,
-            "inductor_mode": self.inductor_mode,
-            "cuda_graphs": self.cuda_graphs,
+            **self.graphs.status(),
             "static_shapes": self.static_shapes,
-            "prepared_flow_shapes": len(self._step_runner.prepared),
-            "prepared_vocoder_shapes": len(self._spectrum_runner.prepared),
+            "prepared_flow_shapes": self.graphs.prepared("cfm_step"),
+            "prepared_vocoder_shapes": self.graphs.prepared("spectrum"),
             "warmup_seconds": round(self._warmup_seconds, 3),
-            "fallback_reason": self._fallback_reason,
             "cfm_steps": self.cfm_steps,
             "left_context_tokens": self.left_context,
             "prompt_tokens": self.prompt_tokens,
@@ -631,61 +596,3 @@ def _normal_noise(keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return (bits.to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
     return torch.sqrt(-2.0 * torch.log(uniform(0))) * torch.cos(2 * torch.pi * uniform(1))
-
-
-@dataclass(frozen=True)
-class StreamingQuality:
-    """Streamed decode vs whole-utterance decode of the same tokens with the same noise."""
-
-    snr_db: float  # whole-decode energy over the energy of the difference
-    edge_jump: float  # largest sample-to-sample jump at chunk edges
-    inside_jump: float  # largest jump anywhere else
-    samples_streamed: int
-    samples_whole: int
-    chunks: int
-    streamed_seconds: float  # wall time of the streamed decode
-    whole_seconds: float
-
-    @property
-    def edge_jump_ratio(self) -> float:
-        return self.edge_jump / max(self.inside_jump, 1e-12)
-
-    @classmethod
-    def compare(cls, parts: list[np.ndarray], whole: np.ndarray, streamed_seconds: float = 0.0,
-                whole_seconds: float = 0.0) -> "StreamingQuality":
-        """Quality of the streamed chunks `parts` against the whole-utterance decode `whole`."""
-        streamed = np.concatenate(parts)
-        jumps = np.abs(np.diff(streamed))
-        at_edge = np.zeros(len(jumps), dtype=bool)
-        for edge in np.cumsum([len(p) for p in parts[:-1]]):
-            at_edge[max(0, edge - 2):edge + 1] = True
-        return cls(snr_db(whole, streamed), float(jumps[at_edge].max(initial=0.0)), float(jumps[~at_edge].max()),
-                   len(streamed), len(whole), len(parts), streamed_seconds, whole_seconds)
-
-
-def stream_chunks(streamer: S3GenStreamer, stream: S3GenStream, tokens: torch.Tensor, first: int,
-                  chunk: int) -> list[np.ndarray]:
-    """Decode `tokens` as a stream would arrive: the first `first` (+ lookahead) tokens, then `chunk` at a time."""
-    parts, count = [], first + streamer.lookahead
-    while count < len(tokens):
-        parts.append(streamer.decode(stream, tokens[:count], finalize=False))
-        count += chunk
-    parts.append(streamer.decode(stream, tokens, finalize=True))
-    return parts
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    n = min(len(reference), len(other))
-    error = other[:n] - reference[:n]
-    return float(10 * np.log10(np.sum(reference[:n] ** 2) / max(float(np.sum(error ** 2)), 1e-20)))
-
-
-def streaming_quality(streamer: S3GenStreamer, ref: dict, tokens: torch.Tensor, first: int, chunk: int,
-                      seed: int = 0) -> StreamingQuality:
-    """Decode `tokens` as a stream (first `first` tokens, then `chunk` at a time) and whole; compare."""
-    started = time.perf_counter()
-    parts = stream_chunks(streamer, streamer.open(ref, seed=seed), tokens, first, chunk)
-    streamed_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    whole = streamer.decode_whole(streamer.open(ref, seed=seed), tokens)
-    return StreamingQuality.compare(parts, whole, streamed_seconds, time.perf_counter() - started)

@@ -17,7 +17,8 @@ and reads every token back to the host. `T3Decoder` runs the same computation ov
   parameters and a per-stream counter-based RNG. All per-row bookkeeping the host can derive (lengths, which rows
   advance, sampling parameters) lives in two small device tensors rewritten only when membership changes; the
   device-only state (KV, last token, repetition history) is updated inside the step. Nothing in a step waits
-  for the device, so on CUDA each (R, C) bucket is captured once as a CUDA graph and replayed.
+  for the device, so on CUDA each (R, C) bucket is captured once as a CUDA graph and replayed (by the shared
+  `GraphRunner`, which also applies `--compile-mode`).
 * Rows of the window that are not being stepped (padding, or streams left out of this step) are computed but
   not advanced: they rewrite the KV slot at their current length, which their next real step overwrites.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -37,6 +37,7 @@ from chatterbox.models.t3.modules.cond_enc import T3Cond
 from torch import nn
 
 from app.engine.chatterbox import sampling
+from app.engine.graphs import GraphRunner
 from app.engine.types import EngineError, GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,6 @@ class _Stream:
     def length(self) -> int:
         """KV position the next step writes (its input is the last sampled token, or the second BOS)."""
         return self.prompt_len + self.generated
-
-
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    outputs: tuple[torch.Tensor, torch.Tensor]
 
 
 class T3Decoder:
@@ -100,7 +95,6 @@ class T3Decoder:
         self.max_rows = max_rows or 2 * max_batch
         self.max_context = max_context
         self.greedy = greedy
-        self.compile_mode = compile_mode
         self._t3 = t3.to(device=self.device, dtype=self.dtype).eval()
         self._hp = t3.hp
         cfg = t3.cfg
@@ -126,14 +120,9 @@ class T3Decoder:
         self._out_index = torch.zeros(0, dtype=torch.long, device=self.device)
         self._last_logits = torch.zeros(0, device=self.device)
 
-        self._cuda_graphs = enable_cuda_graphs and self.device.type == "cuda"
-        self._graphs: dict[tuple[int, int], _Graph] = {}
-        self._graph_pool = None
-        self._capture_seconds = 0.0
-        self._fallback_reason: str | None = None
-        self._step_fn: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] = self._decode
-        if compile_mode is not None:
-            self._step_fn = self._compiled_decode(compile_mode)
+        # One compile serves every bucket (dynamic); graph outputs are used before the next replay, not copied.
+        self.graphs = GraphRunner("T3", self.device, compile_mode, enable_cuda_graphs)
+        self.graphs.register("decode", self._decode, dynamic=True, copy_outputs=False)
 
     # ----------------------------------------------------------------------------------------------- state
 
@@ -332,19 +321,8 @@ class T3Decoder:
         seen.scatter_(1, row_tokens[:, None], seen.gather(1, row_tokens[:, None]) | moving[:, None])
 
     def _run(self, rows: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
-        graph = self._graphs.get((rows, context))
-        if graph is not None:
-            graph.graph.replay()
-            return graph.outputs
-        if self.compile_mode is None:
-            return self._decode(rows, context)
-        try:
-            if self._compile_owns_graphs():
-                torch.compiler.cudagraph_mark_step_begin()  # earlier step outputs may now be overwritten
-            return self._step_fn(rows, context)
-        except Exception as exc:  # a compile failure must not take the server down: decode eagerly instead
-            self._fall_back(f"torch.compile({self.compile_mode}) failed: {type(exc).__name__}: {exc}")
-            return self._decode(rows, context)
+        tokens, logits = self.graphs.run("decode", rows, context)
+        return tokens, logits
 
     # ------------------------------------------------------------------------------------------ layout
 
@@ -409,15 +387,6 @@ class T3Decoder:
 
     # ------------------------------------------------------------------------------- graphs and compile
 
-    def _compiled_decode(self, mode: str) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
-        # The step mutates these in place; static addresses let compiled CUDA graphs keep them as inputs.
-        for tensor in (self._kv, self._last_token, self._seen, self._ints, self._floats):
-            torch._dynamo.mark_static_address(tensor)
-        return torch.compile(self._decode, mode=mode, dynamic=True)  # one compile serves every bucket
-
-    def _compile_owns_graphs(self) -> bool:
-        return self.compile_mode in ("reduce-overhead", "max-autotune")
-
     @torch.no_grad()
     def capture(self, batch_sizes: Iterable[int] | None = None, context_sizes: Iterable[int] | None = None
                 ) -> dict:
@@ -425,57 +394,28 @@ class T3Decoder:
 
         `batch_sizes` are decode batch sizes in KV rows (a CFG stream is two rows); each is rounded up to a
         row bucket (powers of two up to `max_rows`). `context_sizes` likewise round up to context buckets
-        (powers of two from 128, then the full cache). Default: all buckets. With our own graphs each bucket is
-        captured once; with a compile mode that makes its own graphs the compiled step is run to record them.
-        A failure leaves eager decoding in place and its reason in `status()`. Safe while streams are active."""
-        if self.device.type != "cuda" or not (self._cuda_graphs or self._compile_owns_graphs()):
+        (powers of two from 128, then the full cache). Default: all buckets. Each bucket is compiled (per
+        `--compile-mode`) and captured once. A failure leaves eager decoding in place and its reason in
+        `status()`. Safe while streams are active."""
+        if self.device.type != "cuda" or not self.graphs.optimizing:
             return self.status()
         rows = sorted({_bucket(b, self._row_buckets) for b in batch_sizes or self._row_buckets}, reverse=True)
         contexts = sorted({_bucket(c, self._context_buckets) for c in context_sizes or self._context_buckets},
                           reverse=True)
         self._ints[_ADVANCE].zero_()  # nothing advances while capturing; the next step rewrites the layout
         self._layout_key = None
-        started = time.perf_counter()
         try:
-            for window in rows:
+            for window in rows:  # largest first: later captures reuse the graph pool's memory
                 for context in contexts:
-                    if self._compile_owns_graphs():
-                        for _ in range(3):  # cudagraph trees warm up, then record
-                            torch.compiler.cudagraph_mark_step_begin()
-                            self._step_fn(window, context)
-                    elif (window, context) not in self._graphs:
-                        self._graphs[(window, context)] = self._capture_one(window, context)
+                    self.graphs.capture("decode", window, context)
             torch.cuda.synchronize(self.device)
         except Exception as exc:
-            self._fall_back(f"capture failed: {type(exc).__name__}: {exc}")
-        self._capture_seconds += time.perf_counter() - started
+            self.graphs.fall_back(f"capture failed: {type(exc).__name__}: {exc}")
         return self.status()
 
     def warmup(self) -> dict:
         """Capture (or compile) the decode step for every bucket; a no-op on CPU."""
         return self.capture()
-
-    def _capture_one(self, rows: int, context: int) -> _Graph:
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # lets cuBLAS, SDPA and the caching allocator settle before capture
-                self._step_fn(rows, context)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            outputs = self._step_fn(rows, context)
-        return _Graph(graph, outputs)
-
-    def _fall_back(self, reason: str) -> None:
-        log.warning("T3 decoder falls back to eager decoding: %s", reason)
-        self._fallback_reason = reason
-        self._graphs.clear()
-        self._step_fn = self._decode
-        self._cuda_graphs = False
-        self.compile_mode = None
 
     def status(self) -> dict:
         on_cuda = self.device.type == "cuda"
@@ -485,13 +425,10 @@ class T3Decoder:
             "attention": "sdpa: causal prefill, masked decode over a static slot cache"
                          + (" (flash / memory-efficient kernels)" if on_cuda else ""),
             "sampling": "greedy" if self.greedy else "per-row counter-hash RNG + Gumbel-max",
-            "cuda_graphs": bool(self._graphs) or (on_cuda and self._compile_owns_graphs()),
-            "captured_buckets": sorted(self._graphs),
+            **self.graphs.status(),
+            "captured_buckets": self.graphs.captured("decode"),
             "row_buckets": list(self._row_buckets),
             "context_buckets": list(self._context_buckets),
-            "compile_mode": self.compile_mode,
-            "capture_seconds": round(self._capture_seconds, 3),
-            "fallback_reason": self._fallback_reason,
             "max_batch": self.max_batch,
             "max_rows": self.max_rows,
             "max_context": self.max_context,
