@@ -9,6 +9,7 @@ a fraction of the size. The default voice (`conds.pt`) is computed from a real s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -72,3 +73,16 @@ def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0) -
     (directory / SYNTHETIC_MARKER).write_text(json.dumps({"size": size, "seed": seed, "chatterbox_tts": "0.1.7"}))
     _write_default_voice(directory, ve, t3, s3gen)
     return directory
+
+
+def _make_multilingual(directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
+    from app.engine.chatterbox.mtl_checkpoint import make_multilingual_checkpoint
+
+    return make_multilingual_checkpoint(directory, size, seed)
+
+
+# `make-checkpoint --model NAME`: one writer per model kind, each in that model's official layout.
+CHECKPOINT_WRITERS: dict[str, Callable[..., Path]] = {
+    "standard": make_checkpoint,
+    "multilingual": _make_multilingual,
+}
