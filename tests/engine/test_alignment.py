@@ -34,7 +34,8 @@ def _scenarios() -> list[Scenario]:
         Scenario(12, 20, forward(80, 20, 0.4)),  # reaches the end, then lingers: long tail
         Scenario(7, 16, forward(30, 16, 0.6) + [2, 3, 2, 3, 4, 2, 3] * 4),  # completes, then repeats early text
         Scenario(9, 24, forward(40, 24, 0.3), repeat_token_at=25),  # token repetition mid-text
-        Scenario(5, 30, [0, 1, 15, 2, 3, 20, 4, 5, 6, 7] * 3),  # discontinuities: jumps ignored
+        # jumps at the edges of what upstream accepts: +6 and -3 move the position, +7 and -4 do not
+        Scenario(5, 30, [k // 3 for k in range(20)] + [12, 13, 20, 16, 13, 9, 14, 15, 3, 16]),
         Scenario(10, 6, forward(20, 6, 0.5)),  # the shortest text upstream handles (one token besides the tail)
     ]
 
