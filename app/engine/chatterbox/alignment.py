@@ -44,7 +44,9 @@ class AlignmentGuard:
 
     def __init__(self, rows: int, num_layers: int, stop_token: int, device: torch.device):
         self.heads = aligned_heads(num_layers)
-        self.layers = {layer for layer, _ in self.heads}
+        # Head indices per aligned layer, made once: a host-to-device copy cannot run inside a CUDA graph.
+        self._head_index = {layer: torch.tensor([h for aligned, h in self.heads if aligned == layer], device=device)
+                            for layer, _ in self.heads}
         self.stop_token = stop_token
         long = dict(dtype=torch.long, device=device)
         self.enabled = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -62,10 +64,11 @@ class AlignmentGuard:
         return (self.enabled, self.text_start, self.text_len, self.text_position, self.spoken, self.complete,
                 self.tail, self.repetition, self.prev_token)
 
-    def reset(self, rows: slice, text_start: int, text_len: int, enabled: bool) -> None:
+    def reset(self, rows: slice, text_start: int, text_len: int, enabled: bool = True) -> None:
+        """A stream took `rows`: only the first (conditional) one is guarded, as upstream reads batch row 0."""
         for tensor in self._state():
             tensor[rows] = 0
-        self.enabled[rows] = enabled
+        self.enabled[rows.start] = enabled
         self.text_start[rows] = text_start
         self.text_len[rows] = text_len
 
@@ -76,10 +79,9 @@ class AlignmentGuard:
     def observe(self, layer: int, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> None:
         """Record the aligned heads' attention probabilities of this layer. q: (R, H, 1, D); keys: (R, H, C, D);
         mask: additive, (R, 1, 1, C). The same scores SDPA computes, for a few heads only."""
-        heads = [head for aligned_layer, head in self.heads if aligned_layer == layer]
-        if not heads:
+        index = self._head_index.get(layer)
+        if index is None:
             return
-        index = torch.tensor(heads, device=q.device)
         scores = q.index_select(1, index) @ keys.index_select(1, index).transpose(-1, -2)
         scores = scores.float() * q.shape[-1] ** -0.5 + mask.float()
         self.record(scores.softmax(dim=-1)[:, :, 0])
