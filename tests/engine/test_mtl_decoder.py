@@ -111,3 +111,24 @@ def test_greedy_tokens_match_upstream_with_the_analyzer_on(mtl_t3, cond, greedy_
     assert ours == expected and ours[-1] == STOP
     assert ours != unguarded, decision
     assert spoken == sorted(spoken) and 0 <= spoken[0] and spoken[-1] <= len(text) + 1
+
+
+def test_guarded_streams_in_one_batch_decode_as_if_alone(mtl_t3, cond):
+    """Each row keeps its own alignment state: joined, stepped together and compacted after a removal."""
+    t3 = biased(mtl_t3, STOP)
+    texts = {name: mtl_text(8 + 3 * i, seed=10 + i) for i, name in enumerate("abc")}
+    alone = {name: ours_greedy(t3, cond, text, MTL_SETTINGS, 40, guard=True)[0] for name, text in texts.items()}
+    dec = decoder(t3, greedy=True, alignment_guard=True)
+    got: dict[str, list[int]] = {name: [] for name in texts}
+    for name, text in texts.items():
+        dec.add(name, cond, text, MTL_SETTINGS)
+    dec.remove("a")  # its rows are refilled by the last stream's: the guard state moves with them
+    live = ["b", "c"]
+    while live:
+        for name, token in zip(live, dec.step(live).tolist()):
+            got[name].append(token)
+        live = [name for name in live if got[name][-1] != STOP and len(got[name]) < 40]
+        for name in set(dec.active) - set(live):
+            dec.remove(name)
+    assert got["b"] == alone["b"] and got["c"] == alone["c"]
+    assert alone["b"] != alone["c"] and any(tokens[-1] == STOP for tokens in (got["b"], got["c"]))
