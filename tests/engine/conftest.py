@@ -58,3 +58,26 @@ def tiny_models(tiny_checkpoint):
     from app.engine.chatterbox.loader import load_models
 
     return load_models(str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def mtl_t3():
+    """A tiny multilingual T3 with random weights (2454 text tokens)."""
+    import torch
+
+    from app.engine.chatterbox.arch import build_t3
+
+    torch.manual_seed(5)
+    return build_t3("tiny", "multilingual").eval()
+
+
+@pytest.fixture(scope="module")
+def mtl_cond():
+    """A random speaker conditioning for T3 decoding tests."""
+    import torch
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+    generator = torch.Generator().manual_seed(1)
+    return T3Cond(speaker_emb=torch.randn(1, 256, generator=generator),
+                  cond_prompt_speech_tokens=torch.randint(0, 6561, (1, 150), generator=generator),
+                  emotion_adv=0.5 * torch.ones(1, 1, 1))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
-from test_mtl_decoder import MTL_SETTINGS, STOP, biased, cond, decoder, mtl_t3  # noqa: F401 (fixtures)
+from test_mtl_decoder import MTL_SETTINGS, STOP, biased, decoder
 
 from app.engine.chatterbox.mtl_checkpoint import build_mtl_tokenizer
 from app.engine.chatterbox.word_timing import word_times, words_of_tokens
@@ -16,7 +18,7 @@ def _check(times: list[tuple[float, float]], n_words: int, n_speech_tokens: int)
     assert len(times) == n_words
     flat = [t for pair in times for t in pair]
     assert flat == sorted(flat) and flat[0] == 0.0 and flat[-1] == pytest.approx(n_speech_tokens / 25)
-    assert all(end == next_start for (_, end), (next_start, _) in zip(times, times[1:]))
+    assert all(end == next_start for (_, end), (next_start, _) in pairwise(times))
 
 
 def test_words_of_tokens_splits_on_the_space_token():
@@ -42,11 +44,11 @@ def test_non_monotone_positions_are_refused():
         word_times([0, 2, 1], [0, 0])
 
 
-def test_measured_on_the_multilingual_decoder(mtl_t3, cond):
+def test_measured_on_the_multilingual_decoder(mtl_t3, mtl_cond):
     tokenizer = build_mtl_tokenizer()
     ids = tokenizer.encode("[de]guten[SPACE]tag,[SPACE]wie[SPACE]geht[SPACE]es").ids
     dec = decoder(biased(mtl_t3, STOP), greedy=True, alignment_guard=True)
-    dec.add("a", cond, torch.tensor(ids), MTL_SETTINGS)
+    dec.add("a", mtl_cond, torch.tensor(ids), MTL_SETTINGS)
     tokens, spoken = [], []
     while len(tokens) < 80 and (not tokens or tokens[-1] != STOP):
         tokens.append(dec.step(["a"]).item())

@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from app.engine.chatterbox.arch import Size, build_s3gen, build_t3, build_voice_encoder
-from app.engine.chatterbox.checkpoint import REFERENCE_WAV, SYNTHETIC_MARKER, _save_weights
+from app.engine.chatterbox.arch import Size
+from app.engine.chatterbox.checkpoint import SYNTHETIC_MARKER, _save_weights, random_modules, save_default_voice
 from app.engine.chatterbox.languages import SUPPORTED_LANGUAGES
 from app.engine.chatterbox.loader import LAYOUTS
 
@@ -111,16 +110,11 @@ def _write_default_voice(directory: Path, ve: torch.nn.Module, t3: torch.nn.Modu
     """conds.pt through upstream's multilingual conditioning code, with the modules just written."""
     from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 
-    tts = ChatterboxMultilingualTTS(t3.eval(), s3gen.eval(), ve.eval(), None, "cpu")
-    tts.prepare_conditionals(str(REFERENCE_WAV), exaggeration=0.5)
-    tts.conds.save(directory / "conds.pt")
+    save_default_voice(ChatterboxMultilingualTTS(t3.eval(), s3gen.eval(), ve.eval(), None, "cpu"), directory)
 
 
 def make_multilingual_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    ve, t3, s3gen = build_voice_encoder(size), build_t3(size, MODEL), build_s3gen(size)
+    directory, ve, t3, s3gen = random_modules(directory, size, seed, MODEL)
     with torch.no_grad():
         _save_state(ve, directory / VE_FILE)
         _save_weights(t3, directory / T3_FILE)

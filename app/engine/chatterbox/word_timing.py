@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from itertools import pairwise
 
 SPEECH_TOKENS_PER_SECOND = 25
 
@@ -36,7 +37,7 @@ def word_times(spoken: Sequence[int], token_words: Sequence[int | None],
                tokens_per_second: int = SPEECH_TOKENS_PER_SECOND) -> list[tuple[float, float]]:
     """(start, end) seconds of each word, from the text position reached after each speech token of a chunk.
     `token_words` is `words_of_tokens` of the chunk's text tokens."""
-    if any(later < earlier for earlier, later in zip(spoken, spoken[1:])):
+    if any(later < earlier for earlier, later in pairwise(spoken)):
         raise ValueError("spoken text positions must be monotone")
     first_token: dict[int, int] = {}
     for index, word in enumerate(token_words):
