@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(serve)
 
     make = commands.add_parser("make-checkpoint", help="write a synthetic checkpoint in the official layout")
+    make.add_argument("--model", choices=("standard", "multilingual"), default="standard")
     make.add_argument("--size", choices=("tiny", "full"), default="tiny")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("directory")
@@ -28,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_server(load_settings(args))
     if args.command == "make-checkpoint":
-        from app.engine.chatterbox.checkpoint import make_checkpoint
+        from app.engine.chatterbox.checkpoint import CHECKPOINT_WRITERS
 
-        make_checkpoint(args.directory, size=args.size, seed=args.seed)
-        print(f"wrote a {args.size} synthetic checkpoint to {args.directory}")
+        CHECKPOINT_WRITERS[args.model](args.directory, size=args.size, seed=args.seed)
+        print(f"wrote a {args.size} synthetic {args.model} checkpoint to {args.directory}")
         return 0
     print(settings_table())
     return 0

@@ -10,8 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _builder_fingerprint() -> str:
-    sources = ["arch.py", "checkpoint.py"]
+def _builder_fingerprint(sources: tuple[str, ...] = ("arch.py", "checkpoint.py")) -> str:
     digest = hashlib.sha256()
     for name in sources:
         digest.update((ROOT / "app/engine/chatterbox" / name).read_bytes())
@@ -27,6 +26,28 @@ def tiny_checkpoint_path() -> Path:
     return directory
 
 
+def tiny_mtl_checkpoint_path() -> Path:
+    from app.engine.chatterbox.mtl_checkpoint import make_multilingual_checkpoint
+
+    fingerprint = _builder_fingerprint(("arch.py", "checkpoint.py", "mtl_checkpoint.py"))
+    directory = ROOT / "var" / "test-checkpoints" / f"tiny-mtl-{fingerprint}"
+    if not (directory / "conds.pt").exists():
+        make_multilingual_checkpoint(directory, size="tiny", seed=0)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_mtl_checkpoint() -> Path:
+    return tiny_mtl_checkpoint_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_mtl_models(tiny_mtl_checkpoint):
+    from app.engine.chatterbox.loader import load_models
+
+    return load_models(str(tiny_mtl_checkpoint), model="multilingual")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
     return tiny_checkpoint_path()
@@ -37,3 +58,26 @@ def tiny_models(tiny_checkpoint):
     from app.engine.chatterbox.loader import load_models
 
     return load_models(str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def mtl_t3():
+    """A tiny multilingual T3 with random weights (2454 text tokens)."""
+    import torch
+
+    from app.engine.chatterbox.arch import build_t3
+
+    torch.manual_seed(5)
+    return build_t3("tiny", "multilingual").eval()
+
+
+@pytest.fixture(scope="module")
+def mtl_cond():
+    """A random speaker conditioning for T3 decoding tests."""
+    import torch
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+    generator = torch.Generator().manual_seed(1)
+    return T3Cond(speaker_emb=torch.randn(1, 256, generator=generator),
+                  cond_prompt_speech_tokens=torch.randint(0, 6561, (1, 150), generator=generator),
+                  emotion_adv=0.5 * torch.ones(1, 1, 1))

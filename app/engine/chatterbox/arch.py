@@ -8,6 +8,7 @@ without it is the official architecture.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -24,6 +25,11 @@ from chatterbox.models.voice_encoder import VoiceEncoder
 
 Size = Literal["tiny", "full"]
 SIZES: tuple[Size, ...] = ("tiny", "full")
+# T3 hyperparameters per model kind; the multilingual T3 differs only in its 2454-entry text vocabulary.
+T3_CONFIGS: dict[str, Callable[[], T3Config]] = {
+    "standard": T3Config.english_only,
+    "multilingual": T3Config.multilingual,
+}
 
 TINY_LLAMA = "Llama_tiny_synthetic"
 # Width stays 1024: T3's Perceiver resampler hard-codes it. Depth and MLP width shrink.
@@ -34,15 +40,15 @@ LLAMA_CONFIGS.setdefault(TINY_LLAMA, {
 })
 
 
-def t3_config(size: Size) -> T3Config:
-    hp = T3Config.english_only()
+def t3_config(size: Size, model: str = "standard") -> T3Config:
+    hp = T3_CONFIGS[model]()
     if size == "tiny":
         hp.llama_config_name = TINY_LLAMA
     return hp
 
 
-def build_t3(size: Size) -> T3:
-    return T3(t3_config(size))
+def build_t3(size: Size, model: str = "standard") -> T3:
+    return T3(t3_config(size, model))
 
 
 def build_s3gen(size: Size) -> S3Gen:

@@ -9,6 +9,7 @@ a fraction of the size. The default voice (`conds.pt`) is computed from a real s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,17 +54,27 @@ def _write_default_voice(directory: Path, ve: torch.nn.Module, t3: torch.nn.Modu
     from chatterbox.tts import ChatterboxTTS
 
     tokenizer = EnTokenizer(str(directory / "tokenizer.json"))
-    tts = ChatterboxTTS(t3.eval(), s3gen.eval(), ve.eval(), tokenizer, "cpu")
+    save_default_voice(ChatterboxTTS(t3.eval(), s3gen.eval(), ve.eval(), tokenizer, "cpu"), directory)
+
+
+def save_default_voice(tts, directory: Path) -> None:
+    """conds.pt from the reference recording through an upstream TTS object's `prepare_conditionals`."""
     tts.prepare_conditionals(str(REFERENCE_WAV), exaggeration=0.5)
     tts.conds.save(directory / "conds.pt")
 
 
-def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
-    """Write ve/t3_cfg/s3gen safetensors, tokenizer.json and conds.pt (plus synthetic.json) to `directory`."""
+def random_modules(directory: str | Path, size: Size, seed: int, model: str = "standard"
+                   ) -> tuple[Path, torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """The checkpoint directory (created) and seeded random (ve, t3, s3gen) of `model` at `size`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    ve, t3, s3gen = build_voice_encoder(size), build_t3(size), build_s3gen(size)
+    return directory, build_voice_encoder(size), build_t3(size, model), build_s3gen(size)
+
+
+def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
+    """Write ve/t3_cfg/s3gen safetensors, tokenizer.json and conds.pt (plus synthetic.json) to `directory`."""
+    directory, ve, t3, s3gen = random_modules(directory, size, seed)
     with torch.no_grad():
         _save_weights(ve, directory / "ve.safetensors")
         _save_weights(t3, directory / "t3_cfg.safetensors")
@@ -72,3 +83,16 @@ def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0) -
     (directory / SYNTHETIC_MARKER).write_text(json.dumps({"size": size, "seed": seed, "chatterbox_tts": "0.1.7"}))
     _write_default_voice(directory, ve, t3, s3gen)
     return directory
+
+
+def _make_multilingual(directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
+    from app.engine.chatterbox.mtl_checkpoint import make_multilingual_checkpoint
+
+    return make_multilingual_checkpoint(directory, size, seed)
+
+
+# `make-checkpoint --model NAME`: one writer per model kind, each in that model's official layout.
+CHECKPOINT_WRITERS: dict[str, Callable[..., Path]] = {
+    "standard": make_checkpoint,
+    "multilingual": _make_multilingual,
+}

@@ -15,6 +15,8 @@ synchronisation and no generator state, so it is a handful of integer ops that C
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -95,9 +97,13 @@ def process_logits(
     temperature: torch.Tensor,
     min_p: torch.Tensor,
     top_p_floor: torch.Tensor,
+    guard: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Upstream's whole logits pipeline for R rows of float32 logits; every parameter is an (R,) tensor."""
+    """Upstream's whole logits pipeline for R rows of float32 logits; every parameter is an (R,) tensor.
+    `guard` (the alignment guard) edits the CFG-combined logits, where upstream's analyzer acts."""
     x = combine_cfg(logits, partner, cfg_weight)
+    if guard is not None:
+        x = guard(x)
     x = apply_repetition_penalty(x, seen, repetition_penalty)
     x = x / temperature[:, None]
     x = apply_min_p(x, min_p)

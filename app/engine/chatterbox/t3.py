@@ -26,6 +26,7 @@ and reads every token back to the host. `T3Decoder` runs the same computation ov
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from chatterbox.models.t3.modules.cond_enc import T3Cond
 from torch import nn
 
 from app.engine.chatterbox import sampling
+from app.engine.chatterbox.alignment import AlignmentGuard
 from app.engine.graphs import GraphRunner
 from app.engine.types import EngineError, GenerationSettings
 
@@ -82,11 +84,14 @@ class T3Decoder:
         *,
         max_rows: int | None = None,
         greedy: bool = False,
+        alignment_guard: bool | None = None,
     ):
         """`max_batch` streams at most; `max_rows` KV rows (default 2 * max_batch, enough for all to use CFG);
         `max_context` tokens per row (prompt + generated). `greedy` takes the argmax instead of sampling (tests,
         benchmarks). `t3` is moved to `device`/`dtype` (bf16 on CUDA, float32 elsewhere by default) and its
-        q/k/v and gate/up weights are re-pointed into fused tensors (same values, shared storage)."""
+        q/k/v and gate/up weights are re-pointed into fused tensors (same values, shared storage).
+        `alignment_guard` (alignment.py) guards every stream's stop by the aligned heads' attention; by default
+        on for the multilingual T3, as upstream."""
         if t3.is_gpt:
             raise ValueError("T3Decoder supports the Llama backbone only")
         self.device = torch.device(device) if device is not None else t3.device
@@ -112,6 +117,9 @@ class T3Decoder:
         self._row_buckets = _buckets(self.max_rows, 1)
         self._context_buckets = _buckets(self._cache_len, _MIN_CONTEXT_BUCKET)
         self._allocate_state()
+        guarded = t3.hp.is_multilingual if alignment_guard is None else alignment_guard
+        self._alignment = (AlignmentGuard(self.max_rows, len(self._layers), t3.hp.stop_speech_token, self.device)
+                           if guarded else None)
 
         self._streams: dict[str, _Stream] = {}
         self._row_stream: list[str | None] = [None] * self.max_rows
@@ -174,6 +182,9 @@ class T3Decoder:
         first = self._used_rows
         rows = list(range(first, first + n_rows))
         self._prefill(first, embeds)
+        if self._alignment is not None:
+            text_len = text_tokens.numel() + 2  # with start and end of text; the prompt ends with BOS
+            self._alignment.reset(slice(first, first + n_rows), prompt_len - 1 - text_len, text_len)
         self._last_token[first:first + n_rows] = self._hp.start_speech_token
         self._seen[first:first + n_rows] = False
         self._seen[first:first + n_rows, self._hp.start_speech_token] = True  # upstream penalises BOS too
@@ -214,6 +225,13 @@ class T3Decoder:
         self._used_rows -= len(stream.rows)
         self._compact()
         self._layout_key = None
+
+    def spoken_text_positions(self, seq_ids: list[str]) -> torch.Tensor:
+        """After a `step` of exactly `seq_ids`: per sequence, the furthest text position (0 = start of text)
+        the aligned heads have reached, a (len(seq_ids),) device tensor; -1 where no guard runs."""
+        if self._alignment is None:
+            return torch.full((len(seq_ids),), -1, dtype=torch.long, device=self.device)
+        return self._alignment.spoken.index_select(0, self._out_index)
 
     def last_logits(self, seq_id: str) -> torch.Tensor:
         """Raw speech-head logits (float32) of this sequence's rows at the last step, conditional row first.
@@ -293,6 +311,8 @@ class T3Decoder:
             keys, values = self._kv[layer, 0, :rows], self._kv[layer, 1, :rows]
             keys.scatter_(2, write_at, k)
             values.scatter_(2, write_at, v)
+            if self._alignment is not None:
+                self._alignment.observe(layer, q, keys[:, :, :context], mask)
             return F.scaled_dot_product_attention(q, keys[:, :, :context], values[:, :, :context], attn_mask=mask)
 
         for layer in range(len(self._layers)):
@@ -301,11 +321,18 @@ class T3Decoder:
         processed = sampling.process_logits(
             logits, partner=ints[_PARTNER], cfg_weight=floats[_CFG], seen=self._seen[:rows],
             repetition_penalty=floats[_REPETITION], temperature=floats[_TEMPERATURE], min_p=floats[_MIN_P],
-            top_p_floor=floats[_TOP_P_FLOOR],
+            top_p_floor=floats[_TOP_P_FLOOR], guard=self._guard(rows),
         )
         tokens = sampling.sample_tokens(processed, ints[_KEY], generated, self._vocab_hash, self.greedy)
         self._append(rows, tokens)
         return tokens, logits
+
+    def _guard(self, rows: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if self._alignment is None:
+            return None
+        ints = self._ints[:, :rows]
+        return functools.partial(self._alignment.guard, advance=ints[_ADVANCE], generated=ints[_GENERATED],
+                                 last_token=self._last_token[:rows])
 
     def _append(self, rows: int, tokens: torch.Tensor) -> None:
         """Advance the rows whose stream is being stepped: each row takes its conditional row's token."""
@@ -382,6 +409,8 @@ class T3Decoder:
         self._kv[:, :, destination, :, :filled] = self._kv[:, :, source, :, :filled]
         self._last_token[destination] = self._last_token[source]
         self._seen[destination] = self._seen[source]
+        if self._alignment is not None:
+            self._alignment.move_row(source, destination)
         stream.rows[stream.rows.index(source)] = destination
         self._row_stream[destination], self._row_stream[source] = seq_id, None
 
@@ -427,6 +456,7 @@ class T3Decoder:
             "sampling": "greedy" if self.greedy else "per-row counter-hash RNG + Gumbel-max",
             **self.graphs.status(),
             "captured_buckets": self.graphs.captured("decode"),
+            "alignment_guard": self._alignment is not None,
             "row_buckets": list(self._row_buckets),
             "context_buckets": list(self._context_buckets),
             "max_batch": self.max_batch,
