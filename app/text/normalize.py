@@ -83,7 +83,8 @@ _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 # Word rules (applied to one complete word).
 _LINE_MARKER = re.compile(r"#{1,6}|[-*+>]+|[-*_=~`]{3,}\w*|\[[ xX]?\]")  # only where a line starts
 _CITATION = re.compile(r"\[\d+\]")
-_LINK_TARGET = re.compile(r"\]\([^\s)]*\)")
+# The target stops at the next "]" too: otherwise every "](" of "]((](..." rescans the rest of the word.
+_LINK_TARGET = re.compile(r"\]\([^\s)\]]*\)")
 _MARKUP = re.compile(r"!?\[|[\]`\\]|~~")
 _EDGE_EMPHASIS = re.compile(r"(?<![^\W_])[*_]+|[*_]+(?![^\W_])")  # "**bold**", "_it_", not "snake_case"
 _SCHEME = re.compile(r"(?i)\b(?:https?|ftp|file)://|\bmailto:")
@@ -95,7 +96,7 @@ _LONE_HYPHEN = re.compile(r"(?<![^\W_])-(?![^\W_])")  # not joining words: a das
 _PUNCT_RUN = re.compile(r"[,.!?](?:\s*[,.!?])*")
 _SPACES = re.compile(r"\s+")
 _AFTER_COMMA = re.compile(r"(?<=,) ")
-_ATTACHES = re.compile(r",|[.!?]+(?: |$)")  # a word that is punctuation joins the word before it
+_ATTACHES = re.compile(r",|[.!?]++(?: |$)")  # a word that is punctuation joins the word before it
 
 
 def _tidy_punct_run(match: re.Match[str]) -> str:
@@ -275,9 +276,14 @@ def normalize_stream(text: str) -> str:
 
 
 _LEADING_MARKS = re.compile(r"^[\s,.!?]+")
-_FINAL = re.compile(r"^(.*?)([,.!?]*)([\"')\]}]*)$", re.S)
 
 
+def _split_final_marks(text: str) -> tuple[str, str, str]:
+    """(body, its final ",.!?" run, the closing quotes and brackets after it); rstrip, not a regex, so that a
+    long run of marks costs linear time."""
+    without_closers = text.rstrip(CLOSING_MARKS)
+    body = without_closers.rstrip(_SENTENCE_OR_CLAUSE_MARKS)
+    return body, without_closers[len(body):], text[len(without_closers):]
 
 
 def _capitalise(text: str) -> str:
@@ -298,7 +304,7 @@ def prepare_for_engine(chunk_text: str, ends_sentence: bool) -> str:
     text = _LEADING_MARKS.sub("", chunk_text.strip())
     if not any(char.isalnum() for char in text):
         return ""
-    body, marks, closers = _FINAL.match(_capitalise(text)).groups()
+    body, marks, closers = _split_final_marks(_capitalise(text))
     marks = marks.rstrip(",") if ends_sentence else marks
     if ends_sentence:
         final = marks if marks else "."
