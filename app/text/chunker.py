@@ -52,6 +52,9 @@ class ChunkerConfig:
     # Queued audio above this leaves time to pack whole sentences up to the budget (better prosody, fewer
     # generations); in between, each sentence is released as it ends.
     healthy_buffer_s: float = 4.0
+    # A word (URL, number, code) is never split below this length; a longer run without a space is cut into
+    # pieces of it, so no chunk exceeds max_chars + max_word_chars: the models' text limit, not a soft budget.
+    max_word_chars: int = 600
 
     def __post_init__(self) -> None:
         if not 25 <= self.chunk_size <= 200:
@@ -60,6 +63,8 @@ class ChunkerConfig:
             raise ValueError("need 0 < first_chunk_min_chars <= first_chunk_max_chars")
         if not 0 <= self.low_buffer_s <= self.healthy_buffer_s:
             raise ValueError("need 0 <= low_buffer_s <= healthy_buffer_s")
+        if self.max_word_chars < 2:
+            raise ValueError("max_word_chars must be at least 2")
 
     @property
     def max_chars(self) -> int:
@@ -134,6 +139,15 @@ def _boundary_kind(word: str, starts_line: bool, next_head: str, next_breaks: in
     if mark == ",":
         return _Kind.CLAUSE
     return _Kind.WEAK_WORD if core.lower() in _FUNCTION_WORDS else _Kind.WORD
+
+
+def _piece_end(word: str, limit: int) -> int:
+    """Where to cut an overlong word: after the last non-alphanumeric character in its second half-limit
+    ("…/path/" of a URL, "a.b." of a dotted run), else at the limit."""
+    for index in range(limit - 1, limit // 2 - 1, -1):
+        if not word[index].isalnum():
+            return index + 1
+    return limit
 
 
 @dataclass
@@ -252,10 +266,26 @@ class AdaptiveChunker:
         if word.sep == "" and units:
             units[-1].text += word.text
             units[-1].end = len(pending.text)
-            return
-        if units:
-            units[-1].after = _boundary_kind(units[-1].text, units[-1].starts_line, word.text, word.breaks_before)
-        units.append(_Unit(len(pending.text), word.text, word.starts_line, arrived))
+        else:
+            if units:
+                units[-1].after = _boundary_kind(units[-1].text, units[-1].starts_line, word.text,
+                                                 word.breaks_before)
+            units.append(_Unit(len(pending.text), word.text, word.starts_line, arrived))
+        self._split_overlong_word()
+
+    def _split_overlong_word(self) -> None:
+        """A word longer than `max_word_chars` (a run of thousands of characters without a space) becomes
+        pieces of at most that, each cut after its last punctuation past half the limit where it has one,
+        mid-word only where it has none: the engine cannot take an unbounded chunk."""
+        units = self._pending.units
+        limit = self.config.max_word_chars
+        while len(units[-1].text) > limit:
+            last = units[-1]
+            cut = _piece_end(last.text, limit)
+            head = _Unit(last.end - len(last.text) + cut, last.text[:cut], last.starts_line, last.arrived,
+                         after=_Kind.WORD)
+            last.text, last.starts_line = last.text[cut:], False
+            units.insert(len(units) - 1, head)
 
     def _band(self) -> _Band:
         if self._buffered_s <= self.config.low_buffer_s:
