@@ -32,8 +32,7 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from app.text.normalize import (CLOSING_MARKS, OPENING_MARKS, Lookahead, StreamNormalizer, Word,
-                                prepare_for_engine)
+from app.text.normalize import CLOSING_MARKS, OPENING_MARKS, Lookahead, StreamNormalizer, Word, prepare_for_engine
 
 
 @dataclass(frozen=True)
