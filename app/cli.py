@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(serve)
 
     make = commands.add_parser("make-checkpoint", help="write a synthetic checkpoint in the official layout")
+    make.add_argument("--model", choices=("standard", "turbo"), default="standard",
+                      help="standard: ResembleAI/chatterbox's layout; turbo: ResembleAI/chatterbox-turbo's")
     make.add_argument("--size", choices=("tiny", "full"), default="tiny")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("directory")
@@ -30,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-checkpoint":
         from app.engine.chatterbox.checkpoint import make_checkpoint
 
-        make_checkpoint(args.directory, size=args.size, seed=args.seed)
-        print(f"wrote a {args.size} synthetic checkpoint to {args.directory}")
+        make_checkpoint(args.directory, size=args.size, seed=args.seed, model=args.model)
+        print(f"wrote a {args.size} synthetic {args.model} checkpoint to {args.directory}")
         return 0
     print(settings_table())
     return 0
