@@ -20,15 +20,11 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from app.engine.chatterbox.arch import ModelKind, Size, build_s3gen, build_t3, build_voice_encoder
+from app.engine.chatterbox.loader import LAYOUTS
 from app.engine.chatterbox.turbo_tokenizer import write_turbo_tokenizer
 
 REFERENCE_WAV = Path(__file__).parent / "assets" / "reference.wav"
 SYNTHETIC_MARKER = "synthetic.json"
-# Weight files per model kind: voice encoder, T3, S3Gen (the hub layouts of chatterbox-tts 0.1.7).
-WEIGHT_FILES: dict[ModelKind, tuple[str, str, str]] = {
-    "standard": ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors"),
-    "turbo": ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors"),
-}
 
 # Chatterbox's English tokenizer: [STOP]=0 (stop_text_token) and [START]=255 (start_text_token) are the ids T3
 # uses; text is encoded character by character with spaces replaced by [SPACE].
@@ -89,7 +85,7 @@ def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0,
     torch.manual_seed(seed)
     modules = build_voice_encoder(size), build_t3(size, model), build_s3gen(size, model)
     with torch.no_grad():
-        for module, name in zip(modules, WEIGHT_FILES[model], strict=True):
+        for module, name in zip(modules, LAYOUTS[model].weights, strict=True):
             _save_weights(module, directory / name)
     if model == "turbo":
         write_turbo_tokenizer(directory)

@@ -1,8 +1,11 @@
 """Load Chatterbox from the model hub or a local directory in the official layout, through one code path.
 
-`source` is `hub` (ResembleAI/chatterbox, downloaded once into the hub cache) or a directory holding
-ve.safetensors, t3_cfg.safetensors, s3gen.safetensors, tokenizer.json and conds.pt. Synthetic checkpoints
-(see checkpoint.py) use the same layout plus `synthetic.json`, which names their size. Unlike upstream
+Two model kinds, each with its hub layout (`LAYOUTS`): `standard` (ResembleAI/chatterbox: ve.safetensors,
+t3_cfg.safetensors, s3gen.safetensors, tokenizer.json, conds.pt) and `turbo` (ResembleAI/chatterbox-turbo:
+ve.safetensors, t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, GPT-2 tokenizer files, conds.pt).
+`source` is `hub` (the kind's repo, downloaded once into the hub cache) or a directory; a directory's kind is
+read from its files. Synthetic checkpoints (see checkpoint.py) use the same layouts plus `synthetic.json`,
+which names their size. Unlike upstream
 (`strict=False` for S3Gen), every tensor must match: a checkpoint that silently leaves random weights behind
 is a bug we want to hear about, with the file named.
 """
@@ -19,11 +22,34 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from app.engine.chatterbox.arch import SIZES, Size, build_s3gen, build_t3, build_voice_encoder
+from app.engine.chatterbox.arch import SIZES, ModelKind, Size, build_s3gen, build_t3, build_voice_encoder
+from app.engine.chatterbox.turbo_tokenizer import FILES as TURBO_TOKENIZER_FILES
 
-REPO_ID = "ResembleAI/chatterbox"
-WEIGHT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors")
-REQUIRED_FILES = (*WEIGHT_FILES, "tokenizer.json", "conds.pt")
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model kind's files live: its hub repo and the file names of its official layout."""
+
+    kind: ModelKind
+    repo_id: str
+    weights: tuple[str, str, str]  # voice encoder, T3, S3Gen
+    tokenizer: tuple[str, ...]  # the first is the one whose absence names the layout
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (*self.weights, *self.tokenizer, "conds.pt")
+
+
+LAYOUTS: dict[ModelKind, Layout] = {
+    "standard": Layout("standard", "ResembleAI/chatterbox",
+                       ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors"), ("tokenizer.json",)),
+    "turbo": Layout("turbo", "ResembleAI/chatterbox-turbo",
+                    ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors"),
+                    TURBO_TOKENIZER_FILES),
+}
+REPO_ID = LAYOUTS["standard"].repo_id
+WEIGHT_FILES = LAYOUTS["standard"].weights
+REQUIRED_FILES = LAYOUTS["standard"].required
 # Buffers S3Gen computes itself; the released s3gen.safetensors does not carry them.
 _S3GEN_OPTIONAL = ("tokenizer._mel_filters", "tokenizer.window")
 
@@ -42,26 +68,33 @@ class ChatterboxModels:
     size: Size
     directory: Path
     digest: str  # identifies the weights, so cached voice conditionings never cross checkpoints
+    kind: ModelKind = "standard"
 
 
-def resolve_checkpoint(source: str) -> Path:
-    """Directory holding the checkpoint files; `hub` downloads them first."""
+def resolve_checkpoint(source: str, model: ModelKind = "standard") -> Path:
+    """Directory holding the checkpoint files; `hub` downloads `model`'s files first."""
     if source == "hub":
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import snapshot_download
 
-        paths = [Path(hf_hub_download(repo_id=REPO_ID, filename=name)) for name in REQUIRED_FILES]
-        return paths[0].parent
+        layout = LAYOUTS[model]
+        return Path(snapshot_download(repo_id=layout.repo_id, allow_patterns=list(layout.required)))
     directory = Path(source).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     return directory
 
 
-def check_layout(directory: Path) -> None:
-    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+def detect_kind(directory: Path) -> ModelKind:
+    """The model kind whose T3 weights file the directory holds (standard when neither is there, so the
+    missing-file error names the standard layout)."""
+    return "turbo" if (directory / LAYOUTS["turbo"].weights[1]).is_file() else "standard"
+
+
+def check_layout(directory: Path, layout: Layout) -> None:
+    missing = [name for name in layout.required if not (directory / name).is_file()]
     if missing:
-        raise CheckpointError(f"checkpoint {directory} is missing {', '.join(missing)} "
-                              f"(expected {', '.join(REQUIRED_FILES)})")
+        raise CheckpointError(f"{layout.kind} checkpoint {directory} is missing {', '.join(missing)} "
+                              f"(expected {', '.join(layout.required)})")
 
 
 def checkpoint_size(directory: Path) -> Size:
@@ -98,17 +131,22 @@ def _load_into(module: torch.nn.Module, path: Path, optional: tuple[str, ...] = 
                               f"{len(result.unexpected_keys)} unexpected ({', '.join(result.unexpected_keys[:3])})")
 
 
-def _load_tokenizer(path: Path) -> Any:
-    from chatterbox.models.tokenizers import EnTokenizer
-
+def _load_tokenizer(directory: Path, layout: Layout) -> Any:
+    """An object with `text_to_tokens(text) -> (1, n) LongTensor`, as chatterbox's EnTokenizer has."""
     try:
-        return EnTokenizer(str(path))
-    except Exception as exc:  # tokenizers raises its own exception types; all mean "unusable file"
-        raise CheckpointError(f"{path}: not a usable tokenizer ({exc})") from None
+        if layout.kind == "turbo":
+            from app.engine.chatterbox.turbo_tokenizer import TurboTextTokenizer
+
+            return TurboTextTokenizer.from_directory(directory)
+        from chatterbox.models.tokenizers import EnTokenizer
+
+        return EnTokenizer(str(directory / layout.tokenizer[0]))
+    except Exception as exc:  # tokenizers/transformers raise their own types; all mean "unusable files"
+        raise CheckpointError(f"{directory / layout.tokenizer[0]}: not a usable tokenizer ({exc})") from None
 
 
 def _load_conds(path: Path, device: str) -> Any:
-    from chatterbox.tts import Conditionals
+    from chatterbox.tts import Conditionals  # tts_turbo's Conditionals is the same structure and file format
 
     try:
         return Conditionals.load(path, map_location="cpu").to(device)
@@ -116,26 +154,30 @@ def _load_conds(path: Path, device: str) -> Any:
         raise CheckpointError(f"{path}: not a readable conditionals file ({exc})") from None
 
 
-def _digest(directory: Path) -> str:
-    h = hashlib.sha256()
-    for name in (*WEIGHT_FILES, "tokenizer.json"):
+def _digest(directory: Path, layout: Layout) -> str:
+    h = hashlib.sha256(layout.kind.encode())
+    for name in (*layout.weights, *layout.tokenizer):
         stat = (directory / name).stat()
         h.update(f"{name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
     return h.hexdigest()[:16]
 
 
-def load_models(source: str, device: str = "cpu") -> ChatterboxModels:
-    """Build the modules for the checkpoint's size and load every file into them, in float32 on `device`
-    (the engine casts what it runs in reduced precision)."""
-    directory = resolve_checkpoint(source)
-    check_layout(directory)
+def load_models(source: str, device: str = "cpu", model: ModelKind | None = None) -> ChatterboxModels:
+    """Build the modules for the checkpoint's kind and size and load every file into them, in float32 on
+    `device` (the engine casts what it runs in reduced precision). `model` is required for `hub` (default
+    standard); for a directory it is read from the files, and a given `model` must match them."""
+    directory = resolve_checkpoint(source, model or "standard")
+    layout = LAYOUTS[model or detect_kind(directory)]
+    check_layout(directory, layout)
     size = checkpoint_size(directory)
-    ve, t3, s3gen = build_voice_encoder(size), build_t3(size), build_s3gen(size)
-    _load_into(ve, directory / "ve.safetensors")
-    _load_into(t3, directory / "t3_cfg.safetensors")
-    _load_into(s3gen, directory / "s3gen.safetensors", optional=_S3GEN_OPTIONAL)
-    tokenizer = _load_tokenizer(directory / "tokenizer.json")
+    ve, t3, s3gen = build_voice_encoder(size), build_t3(size, layout.kind), build_s3gen(size, layout.kind)
+    ve_file, t3_file, s3gen_file = layout.weights
+    _load_into(ve, directory / ve_file)
+    _load_into(t3, directory / t3_file)
+    _load_into(s3gen, directory / s3gen_file, optional=_S3GEN_OPTIONAL)
+    tokenizer = _load_tokenizer(directory, layout)
     conds = _load_conds(directory / "conds.pt", device)
     for module in (ve, t3, s3gen):
         module.to(device).eval()
-    return ChatterboxModels(t3, s3gen, ve, tokenizer, conds, size, directory, _digest(directory))
+    return ChatterboxModels(t3, s3gen, ve, tokenizer, conds, size, directory, _digest(directory, layout),
+                            layout.kind)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import torch
 from tokenizers import ByteLevelBPETokenizer
 
 END_OF_TEXT = "<|endoftext|>"
@@ -70,3 +72,28 @@ def write_turbo_tokenizer(directory: Path) -> None:
         "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT,
         "added_tokens_decoder": decoder,
     }, ensure_ascii=False, indent=1))
+
+
+class TurboTextTokenizer:
+    """Turbo's text preparation as upstream `ChatterboxTurboTTS.generate` does it (punctuation cleanup, then the
+    GPT-2 tokenizer, no start/stop tokens), behind the `text_to_tokens` interface of chatterbox's EnTokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> "TurboTextTokenizer":
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(directory))
+
+    @property
+    def tags(self) -> list[str]:
+        """The bracketed added tokens (paralinguistic tags) of the loaded vocabulary."""
+        return sorted(t for t in self.tokenizer.get_added_vocab() if t.startswith("[") and t.endswith("]"))
+
+    def text_to_tokens(self, text: str) -> torch.Tensor:
+        from chatterbox.tts_turbo import punc_norm
+
+        ids = self.tokenizer(punc_norm(text), truncation=True).input_ids
+        return torch.tensor([ids], dtype=torch.long)
