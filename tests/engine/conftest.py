@@ -10,35 +10,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _builder_fingerprint(sources: tuple[str, ...] = ("arch.py", "checkpoint.py")) -> str:
+# What each kind's checkpoint is built from: a change to any of these files builds a fresh one.
+_BUILDER_SOURCES = {"standard": ("arch.py", "checkpoint.py"),
+                    "turbo": ("arch.py", "checkpoint.py", "turbo_tokenizer.py")}
+
+
+def _builder_fingerprint(model: str) -> str:
     digest = hashlib.sha256()
-    for name in sources:
+    for name in _BUILDER_SOURCES[model]:
         digest.update((ROOT / "app/engine/chatterbox" / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
-def tiny_checkpoint_path() -> Path:
+def tiny_checkpoint_path(model: str = "standard") -> Path:
     from app.engine.chatterbox.checkpoint import make_checkpoint
 
-    directory = ROOT / "var" / "test-checkpoints" / f"tiny-{_builder_fingerprint()}"
+    prefix = "tiny" if model == "standard" else f"tiny-{model}"
+    directory = ROOT / "var" / "test-checkpoints" / f"{prefix}-{_builder_fingerprint(model)}"
     if not (directory / "conds.pt").exists():
-        make_checkpoint(directory, size="tiny", seed=0)
-    return directory
-
-
-def tiny_turbo_checkpoint_path() -> Path:
-    from app.engine.chatterbox.checkpoint import make_checkpoint
-
-    fingerprint = _builder_fingerprint(("arch.py", "checkpoint.py", "turbo_tokenizer.py"))
-    directory = ROOT / "var" / "test-checkpoints" / f"tiny-turbo-{fingerprint}"
-    if not (directory / "conds.pt").exists():
-        make_checkpoint(directory, size="tiny", seed=0, model="turbo")
+        make_checkpoint(directory, size="tiny", seed=0, model=model)
     return directory
 
 
 @pytest.fixture(scope="session")
 def tiny_turbo_checkpoint() -> Path:
-    return tiny_turbo_checkpoint_path()
+    return tiny_checkpoint_path("turbo")
 
 
 @pytest.fixture(scope="session")
