@@ -16,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(serve)
 
     make = commands.add_parser("make-checkpoint", help="write a synthetic checkpoint in the official layout")
-    make.add_argument("--model", choices=("standard", "multilingual"), default="standard")
+    # The keys of checkpoint.CHECKPOINT_WRITERS, written out: importing it would load torch for every command.
+    make.add_argument("--model", choices=("standard", "turbo", "multilingual"), default="standard",
+                      help="which model's official layout: standard (ResembleAI/chatterbox), turbo "
+                           "(ResembleAI/chatterbox-turbo), multilingual (ResembleAI/chatterbox's multilingual files)")
     make.add_argument("--size", choices=("tiny", "full"), default="tiny")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("directory")

@@ -1,4 +1,4 @@
-"""A tiny synthetic checkpoint, built once and reused across runs (var/ is git-ignored)."""
+"""Tiny synthetic checkpoints (standard and turbo), built once and reused across runs (var/ is git-ignored)."""
 
 from __future__ import annotations
 
@@ -10,35 +10,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _builder_fingerprint(sources: tuple[str, ...] = ("arch.py", "checkpoint.py")) -> str:
+# What each kind's checkpoint is built from: a change to any of these files builds a fresh one.
+_BUILDER_SOURCES = {"standard": ("arch.py", "checkpoint.py"),
+                    "turbo": ("arch.py", "checkpoint.py", "turbo_tokenizer.py"),
+                    "multilingual": ("arch.py", "checkpoint.py", "mtl_checkpoint.py")}
+
+
+def _builder_fingerprint(model: str) -> str:
     digest = hashlib.sha256()
-    for name in sources:
+    for name in _BUILDER_SOURCES[model]:
         digest.update((ROOT / "app/engine/chatterbox" / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
-def tiny_checkpoint_path() -> Path:
-    from app.engine.chatterbox.checkpoint import make_checkpoint
+def tiny_checkpoint_path(model: str = "standard") -> Path:
+    from app.engine.chatterbox.checkpoint import CHECKPOINT_WRITERS
 
-    directory = ROOT / "var" / "test-checkpoints" / f"tiny-{_builder_fingerprint()}"
+    prefix = "tiny" if model == "standard" else f"tiny-{model}"
+    directory = ROOT / "var" / "test-checkpoints" / f"{prefix}-{_builder_fingerprint(model)}"
     if not (directory / "conds.pt").exists():
-        make_checkpoint(directory, size="tiny", seed=0)
-    return directory
-
-
-def tiny_mtl_checkpoint_path() -> Path:
-    from app.engine.chatterbox.mtl_checkpoint import make_multilingual_checkpoint
-
-    fingerprint = _builder_fingerprint(("arch.py", "checkpoint.py", "mtl_checkpoint.py"))
-    directory = ROOT / "var" / "test-checkpoints" / f"tiny-mtl-{fingerprint}"
-    if not (directory / "conds.pt").exists():
-        make_multilingual_checkpoint(directory, size="tiny", seed=0)
+        CHECKPOINT_WRITERS[model](directory, size="tiny", seed=0)
     return directory
 
 
 @pytest.fixture(scope="session")
 def tiny_mtl_checkpoint() -> Path:
-    return tiny_mtl_checkpoint_path()
+    return tiny_checkpoint_path("multilingual")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +43,18 @@ def tiny_mtl_models(tiny_mtl_checkpoint):
     from app.engine.chatterbox.loader import load_models
 
     return load_models(str(tiny_mtl_checkpoint), model="multilingual")
+
+
+@pytest.fixture(scope="session")
+def tiny_turbo_checkpoint() -> Path:
+    return tiny_checkpoint_path("turbo")
+
+
+@pytest.fixture(scope="session")
+def tiny_turbo_models(tiny_turbo_checkpoint):
+    from app.engine.chatterbox.loader import load_models
+
+    return load_models(str(tiny_turbo_checkpoint))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
-"""Chatterbox module construction at two sizes, using chatterbox-tts's own classes.
+"""Chatterbox module construction for two model kinds at two sizes, using chatterbox-tts's own classes.
 
-`full` is exactly what chatterbox-tts 0.1.7 builds (`T3()`, `S3Gen()`, `VoiceEncoder()`): same parameters,
-same compute. `tiny` keeps every class and interface but shrinks depth and width so CPU tests run in seconds.
+`standard` is `ChatterboxTTS` (Llama T3, 10-step S3Gen); `turbo` is `ChatterboxTurboTTS` (GPT-2 T3, meanflow
+S3Gen). `full` is exactly what chatterbox-tts 0.1.7 builds (`T3()`, `S3Gen()`, `VoiceEncoder()`, and for turbo
+the hyperparameters `ChatterboxTurboTTS.from_local` sets): same parameters, same compute. `tiny` keeps every class and interface but shrinks depth and width so CPU tests run in seconds.
 A synthetic checkpoint records its size in `synthetic.json` (a file the official loader ignores); a directory
 without it is the official architecture.
 """
@@ -25,7 +26,10 @@ from chatterbox.models.voice_encoder import VoiceEncoder
 
 Size = Literal["tiny", "full"]
 SIZES: tuple[Size, ...] = ("tiny", "full")
-# T3 hyperparameters per model kind; the multilingual T3 differs only in its 2454-entry text vocabulary.
+ModelKind = Literal["standard", "turbo", "multilingual"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("standard", "turbo", "multilingual")
+# Llama T3 hyperparameters per model; the multilingual T3 differs only in its 2454-entry text vocabulary.
+# Turbo (GPT-2) is `_turbo_t3_config`.
 T3_CONFIGS: dict[str, Callable[[], T3Config]] = {
     "standard": T3Config.english_only,
     "multilingual": T3Config.multilingual,
@@ -40,21 +44,47 @@ LLAMA_CONFIGS.setdefault(TINY_LLAMA, {
 })
 
 
-def t3_config(size: Size, model: str = "standard") -> T3Config:
+TURBO_GPT2 = "GPT2_medium"
+TINY_GPT2 = "GPT2_tiny_synthetic"
+# Turbo has no Perceiver resampler, so its width can shrink too. The text vocabulary stays 50 276: upstream's
+# from_local fixes it, and the tokenizer's ids (tags at the top) must fit.
+LLAMA_CONFIGS.setdefault(TINY_GPT2, {
+    **LLAMA_CONFIGS[TURBO_GPT2],
+    "n_embd": 128, "hidden_size": 128, "n_head": 4, "n_layer": 2, "n_positions": 2048, "n_ctx": 2048,
+})
+TURBO_TEXT_VOCAB = 50276
+
+
+def t3_config(size: Size, model: ModelKind = "standard") -> T3Config:
+    if model == "turbo":
+        return _turbo_t3_config(size)
     hp = T3_CONFIGS[model]()
     if size == "tiny":
         hp.llama_config_name = TINY_LLAMA
     return hp
 
 
-def build_t3(size: Size, model: str = "standard") -> T3:
+def _turbo_t3_config(size: Size) -> T3Config:
+    """The hyperparameters `ChatterboxTurboTTS.from_local` sets (chatterbox-tts 0.1.7), at `size`."""
+    hp = T3Config(text_tokens_dict_size=TURBO_TEXT_VOCAB)
+    hp.llama_config_name = TINY_GPT2 if size == "tiny" else TURBO_GPT2
+    hp.speech_tokens_dict_size = 6563
+    hp.input_pos_emb = None
+    hp.speech_cond_prompt_len = 375
+    hp.use_perceiver_resampler = False
+    hp.emotion_adv = False
+    return hp
+
+
+def build_t3(size: Size, model: ModelKind = "standard") -> T3:
     return T3(t3_config(size, model))
 
 
-def build_s3gen(size: Size) -> S3Gen:
-    s3gen = S3Gen()
+def build_s3gen(size: Size, model: ModelKind = "standard") -> S3Gen:
+    meanflow = model == "turbo"
+    s3gen = S3Gen(meanflow=meanflow)
     if size == "tiny":
-        _shrink_s3gen(s3gen)
+        _shrink_s3gen(s3gen, meanflow)
     return s3gen
 
 
@@ -62,7 +92,7 @@ def build_voice_encoder(size: Size) -> VoiceEncoder:
     return VoiceEncoder()  # already small (1.4M parameters); keeping it exact keeps embeddings meaningful
 
 
-def _shrink_s3gen(s3gen: S3Gen) -> None:
+def _shrink_s3gen(s3gen: S3Gen, meanflow: bool) -> None:
     """Replace the heavy parts (conformer encoder, flow estimator, HiFiGAN) with narrow, shallow versions."""
     s3gen.flow.encoder = UpsampleConformerEncoder(
         output_size=512, attention_heads=8, linear_units=256, num_blocks=1, dropout_rate=0.0,
@@ -72,7 +102,7 @@ def _shrink_s3gen(s3gen: S3Gen) -> None:
     )
     s3gen.flow.decoder.estimator = ConditionalDecoder(
         in_channels=320, out_channels=80, causal=True, channels=[64], dropout=0.0, attention_head_dim=32,
-        n_blocks=1, num_mid_blocks=1, num_heads=2, act_fn="gelu",
+        n_blocks=1, num_mid_blocks=1, num_heads=2, act_fn="gelu", meanflow=meanflow,
     )
     s3gen.mel2wav = HiFTGenerator(
         sampling_rate=S3GEN_SR, base_channels=64, upsample_rates=[8, 5, 3], upsample_kernel_sizes=[16, 11, 7],

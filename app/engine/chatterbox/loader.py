@@ -1,10 +1,12 @@
 """Load Chatterbox from the model hub or a local directory in the official layout, through one code path.
 
-`source` is `hub` (ResembleAI/chatterbox, downloaded once into the hub cache) or a directory in the official
-layout of the model kind (`LAYOUTS`): for the standard model ve.safetensors, t3_cfg.safetensors,
-s3gen.safetensors, tokenizer.json and conds.pt; for the multilingual one ve.pt, t3_mtl23ls_v2.safetensors,
-s3gen.pt, grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json and conds.pt. Synthetic checkpoints (see
-checkpoint.py) use the same layouts plus `synthetic.json`, which names their size. Unlike upstream
+Three model kinds, each with its official layout (`LAYOUTS`): `standard` (ResembleAI/chatterbox: ve.safetensors,
+t3_cfg.safetensors, s3gen.safetensors, tokenizer.json, conds.pt), `turbo` (ResembleAI/chatterbox-turbo:
+ve.safetensors, t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, GPT-2 tokenizer files, conds.pt) and
+`multilingual` (ResembleAI/chatterbox: ve.pt, t3_mtl23ls_v2.safetensors, s3gen.pt,
+grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json, conds.pt). `source` is `hub` (the kind's repo,
+downloaded once into the hub cache) or a directory; a directory's kind is read from its files. Synthetic
+checkpoints (see checkpoint.py) use the same layouts plus `synthetic.json`, which names their size. Unlike upstream
 (`strict=False` for S3Gen), every tensor must match: a checkpoint that silently leaves random weights behind
 is a bug we want to hear about, with the file named.
 """
@@ -21,29 +23,36 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from app.engine.chatterbox.arch import SIZES, Size, build_s3gen, build_t3, build_voice_encoder
+from app.engine.chatterbox.arch import SIZES, ModelKind, Size, build_s3gen, build_t3, build_voice_encoder
+from app.engine.chatterbox.turbo_tokenizer import FILES as TURBO_TOKENIZER_FILES
 
-REPO_ID = "ResembleAI/chatterbox"
 WEIGHT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors")  # the standard model's
 
 
 @dataclass(frozen=True)
 class Layout:
-    """One model kind's official files: weights in (ve, t3, s3gen) order, then the text files it reads."""
-    weights: tuple[str, str, str]
-    text_files: tuple[str, ...]
-    repo_id: str = REPO_ID
+    """Where a model kind's files live: its hub repo and the file names of its official layout."""
+
+    kind: ModelKind
+    repo_id: str
+    weights: tuple[str, str, str]  # voice encoder, T3, S3Gen
+    tokenizer: tuple[str, ...]  # the text files it reads; the first is the tokenizer itself
 
     @property
     def required(self) -> tuple[str, ...]:
-        return (*self.weights, *self.text_files, "conds.pt")
+        return (*self.weights, *self.tokenizer, "conds.pt")
 
 
-LAYOUTS = {
-    "standard": Layout(WEIGHT_FILES, ("tokenizer.json",)),
-    "multilingual": Layout(("ve.pt", "t3_mtl23ls_v2.safetensors", "s3gen.pt"),
+LAYOUTS: dict[ModelKind, Layout] = {
+    "standard": Layout("standard", "ResembleAI/chatterbox", WEIGHT_FILES, ("tokenizer.json",)),
+    "turbo": Layout("turbo", "ResembleAI/chatterbox-turbo",
+                    ("ve.safetensors", "t3_turbo_v1.safetensors", "s3gen_meanflow.safetensors"),
+                    TURBO_TOKENIZER_FILES),
+    "multilingual": Layout("multilingual", "ResembleAI/chatterbox",
+                           ("ve.pt", "t3_mtl23ls_v2.safetensors", "s3gen.pt"),
                            ("grapheme_mtl_merged_expanded_v1.json", "Cangjie5_TC.json")),
 }
+REPO_ID = LAYOUTS["standard"].repo_id
 REQUIRED_FILES = LAYOUTS["standard"].required
 # Buffers S3Gen computes itself; the released s3gen.safetensors does not carry them.
 _S3GEN_OPTIONAL = ("tokenizer._mel_filters", "tokenizer.window")
@@ -63,26 +72,35 @@ class ChatterboxModels:
     size: Size
     directory: Path
     digest: str  # identifies the weights, so cached voice conditionings never cross checkpoints
-    model: str = "standard"
+    model: ModelKind = "standard"
 
 
-def resolve_checkpoint(source: str, layout: Layout = LAYOUTS["standard"]) -> Path:
-    """Directory holding the checkpoint files; `hub` downloads them first."""
+def resolve_checkpoint(source: str, model: ModelKind = "standard") -> Path:
+    """Directory holding the checkpoint files; `hub` downloads `model`'s files first."""
     if source == "hub":
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import snapshot_download
 
-        paths = [Path(hf_hub_download(repo_id=layout.repo_id, filename=name)) for name in layout.required]
-        return paths[0].parent
+        layout = LAYOUTS[model]
+        return Path(snapshot_download(repo_id=layout.repo_id, allow_patterns=list(layout.required)))
     directory = Path(source).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     return directory
 
 
-def check_layout(directory: Path, layout: Layout = LAYOUTS["standard"]) -> None:
+def detect_kind(directory: Path) -> ModelKind:
+    """The model kind whose T3 weights file the directory holds (standard when none is there, so the
+    missing-file error names the standard layout)."""
+    for kind in ("turbo", "multilingual"):
+        if (directory / LAYOUTS[kind].weights[1]).is_file():
+            return kind
+    return "standard"
+
+
+def check_layout(directory: Path, layout: Layout) -> None:
     missing = [name for name in layout.required if not (directory / name).is_file()]
     if missing:
-        raise CheckpointError(f"checkpoint {directory} is missing {', '.join(missing)} "
+        raise CheckpointError(f"{layout.kind} checkpoint {directory} is missing {', '.join(missing)} "
                               f"(expected {', '.join(layout.required)})")
 
 
@@ -127,22 +145,27 @@ def _load_into(module: torch.nn.Module, path: Path, optional: tuple[str, ...] = 
                               f"{len(result.unexpected_keys)} unexpected ({', '.join(result.unexpected_keys[:3])})")
 
 
-def _load_tokenizer(directory: Path, model: str) -> Any:
-    path = directory / LAYOUTS[model].text_files[0]
+def _load_tokenizer(directory: Path, layout: Layout) -> Any:
+    """An object with `text_to_tokens(text) -> (1, n) LongTensor`, as chatterbox's EnTokenizer has."""
+    path = directory / layout.tokenizer[0]
     try:
-        if model == "multilingual":
+        if layout.kind == "turbo":
+            from app.engine.chatterbox.turbo_tokenizer import TurboTextTokenizer
+
+            return TurboTextTokenizer.from_directory(directory)
+        if layout.kind == "multilingual":
             from app.engine.chatterbox.languages import load_mtl_tokenizer
 
-            return load_mtl_tokenizer(path, directory / LAYOUTS[model].text_files[1])
+            return load_mtl_tokenizer(path, directory / layout.tokenizer[1])
         from chatterbox.models.tokenizers import EnTokenizer
 
         return EnTokenizer(str(path))
-    except Exception as exc:  # tokenizers raises its own exception types; all mean "unusable file"
+    except Exception as exc:  # tokenizers/transformers raise their own types; all mean "unusable files"
         raise CheckpointError(f"{path}: not a usable tokenizer ({exc})") from None
 
 
 def _load_conds(path: Path, device: str) -> Any:
-    from chatterbox.tts import Conditionals
+    from chatterbox.tts import Conditionals  # tts_turbo's Conditionals is the same structure and file format
 
     try:
         return Conditionals.load(path, map_location="cpu").to(device)
@@ -151,27 +174,29 @@ def _load_conds(path: Path, device: str) -> Any:
 
 
 def _digest(directory: Path, layout: Layout) -> str:
-    h = hashlib.sha256()
-    for name in (*layout.weights, *layout.text_files):
+    h = hashlib.sha256(layout.kind.encode())
+    for name in (*layout.weights, *layout.tokenizer):
         stat = (directory / name).stat()
         h.update(f"{name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
     return h.hexdigest()[:16]
 
 
-def load_models(source: str, device: str = "cpu", model: str = "standard") -> ChatterboxModels:
-    """Build the modules of `model` (a key of LAYOUTS) for the checkpoint's size and load every file into
-    them, in float32 on `device` (the engine casts what it runs in reduced precision)."""
-    layout = LAYOUTS[model]
-    directory = resolve_checkpoint(source, layout)
+def load_models(source: str, device: str = "cpu", model: ModelKind | None = None) -> ChatterboxModels:
+    """Build the modules for the checkpoint's kind and size and load every file into them, in float32 on
+    `device` (the engine casts what it runs in reduced precision). `model` is required for `hub` (default
+    standard); for a directory it is read from the files, and a given `model` must match them."""
+    directory = resolve_checkpoint(source, model or "standard")
+    layout = LAYOUTS[model or detect_kind(directory)]
     check_layout(directory, layout)
     size = checkpoint_size(directory)
-    ve, t3, s3gen = build_voice_encoder(size), build_t3(size, model), build_s3gen(size)
+    ve, t3, s3gen = build_voice_encoder(size), build_t3(size, layout.kind), build_s3gen(size, layout.kind)
     ve_file, t3_file, s3gen_file = layout.weights
     _load_into(ve, directory / ve_file)
     _load_into(t3, directory / t3_file)
     _load_into(s3gen, directory / s3gen_file, optional=_S3GEN_OPTIONAL)
-    tokenizer = _load_tokenizer(directory, model)
+    tokenizer = _load_tokenizer(directory, layout)
     conds = _load_conds(directory / "conds.pt", device)
     for module in (ve, t3, s3gen):
         module.to(device).eval()
-    return ChatterboxModels(t3, s3gen, ve, tokenizer, conds, size, directory, _digest(directory, layout), model)
+    return ChatterboxModels(t3, s3gen, ve, tokenizer, conds, size, directory, _digest(directory, layout),
+                            layout.kind)

@@ -27,7 +27,7 @@ from app.engine.chatterbox.loader import LAYOUTS
 
 MODEL = "multilingual"
 VE_FILE, T3_FILE, S3GEN_FILE = LAYOUTS[MODEL].weights
-TOKENIZER_FILE, CANGJIE_FILE = LAYOUTS[MODEL].text_files
+TOKENIZER_FILE, CANGJIE_FILE = LAYOUTS[MODEL].tokenizer
 TEXT_VOCAB_SIZE = 2454  # upstream T3Config.multilingual()
 
 _SPECIALS = {"[STOP]": 0, "[UNK]": 1, "[SPACE]": 2, "[PAD]": 3, "[SEP]": 4, "[CLS]": 5, "[MASK]": 6,

@@ -3,7 +3,8 @@
 `T3.inference` processes one stream's logits as: CFG combine -> repetition penalty -> temperature -> min-p ->
 top-p -> softmax -> multinomial, using Hugging Face's logits processors. `process_logits` does the same for
 many rows at once with per-row parameters held in tensors, so one call serves a whole batch and can be
-captured in a CUDA graph.
+captured in a CUDA graph. Turbo's `T3.inference_turbo` uses another order and set (temperature -> top-k ->
+top-p -> repetition penalty, no CFG or min-p): `process_turbo_logits`.
 
 Randomness: each row draws its noise from a counter-based hash of (stream key, token index, vocabulary index)
 instead of a `torch.Generator` per stream. The draw depends only on the stream's seed and how many tokens it
@@ -87,6 +88,15 @@ def apply_top_p(logits: torch.Tensor, top_p_floor: torch.Tensor) -> torch.Tensor
     return logits.masked_fill(remove, NEG_INF)
 
 
+def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's top-k filter per row: keep the tokens scoring at least the k-th best (ties stay);
+    `top_k` is (R,) int64, and 0 or anything at least the vocabulary size keeps every token."""
+    vocab = logits.shape[-1]
+    k = torch.where(top_k > 0, top_k, vocab).clamp(1, vocab)
+    kth_best = torch.sort(logits, dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+    return logits.masked_fill(logits < kth_best, NEG_INF)
+
+
 def process_logits(
     logits: torch.Tensor,
     *,
@@ -108,6 +118,23 @@ def process_logits(
     x = x / temperature[:, None]
     x = apply_min_p(x, min_p)
     return apply_top_p(x, top_p_floor)
+
+
+def process_turbo_logits(
+    logits: torch.Tensor,
+    *,
+    seen: torch.Tensor,
+    repetition_penalty: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p_floor: torch.Tensor,
+) -> torch.Tensor:
+    """Upstream Turbo's logits pipeline for R rows, in its order: the repetition penalty comes last, where it
+    leaves filtered (-inf) tokens filtered."""
+    x = logits / temperature[:, None]
+    x = apply_top_k(x, top_k)
+    x = apply_top_p(x, top_p_floor)
+    return apply_repetition_penalty(x, seen, repetition_penalty)
 
 
 def sample_tokens(
