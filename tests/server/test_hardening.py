@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -350,3 +351,44 @@ async def test_mp3_streams_are_encoded_off_the_event_loop(server_factory, monkey
         messages = [json.loads(message) async for message in ws]
     assert messages[-1]["isFinal"] is True
     assert threads and not any(name.startswith("uvicorn-") for name in threads)
+
+
+# ---- hostile text cannot hold the event loop ----------------------------------------------------------------
+
+# How long one client message may hold the event loop (every other client waits that long). The quadratic
+# markdown-link pattern held it about 1.5 s for one such message; linear patterns take milliseconds.
+LOOP_HOLD_BOUND_S = 0.5
+HOSTILE_TEXTS = ["](" * 9990, "." * 19_990 + "x", "[" * 19_990, "a" * 19_990]
+
+
+async def test_hostile_text_does_not_hold_the_event_loop_for_the_others(server_factory):
+    server = server_factory()
+    worst = 0.0
+    done = False
+
+    async def probe_health() -> None:
+        """The longest gap between two answers to a client polling /health. The server runs in this process,
+        so a held loop (and the GIL a regex holds) shows as a gap wherever it falls between two polls."""
+        nonlocal worst
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            last = time.monotonic()
+            while not done:
+                assert (await client.get("/health")).status_code == 200
+                now = time.monotonic()
+                worst, last = max(worst, now - last), now
+                await asyncio.sleep(0.01)
+
+    async with open_session(server.ws_url) as attacker:
+        prober = asyncio.create_task(probe_health())
+        await asyncio.sleep(0.2)
+        for i, text in enumerate(HOSTILE_TEXTS):
+            await attacker.start(f"h{i}")
+            await attacker.send("text", context_id=f"h{i}", text=text)
+            await attacker.send("cancel", context_id=f"h{i}")
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            for text in HOSTILE_TEXTS[:3]:  # they say (almost) nothing; the last would be read out in full
+                response = await client.post("/synthesize", json={"text": text, "response_format": "pcm"})
+                assert response.status_code in (200, 422)
+        done = True
+        await prober
+    assert worst < LOOP_HOLD_BOUND_S, f"/health went unanswered for {worst:.2f} s behind hostile text"
