@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from app.engine.types import MAX_PROMPT_TOKENS
 
@@ -100,7 +101,7 @@ class Settings:
     cache_bytes: int = _opt(256 * 1024 * 1024, "Byte budget of the response cache (0 disables).")
     max_upload_bytes: int = _opt(20 * 1024 * 1024, "Largest reference-audio upload.")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property

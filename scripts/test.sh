@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+.venv/bin/ruff check app  # the lint rules in pyproject.toml; a finding fails the run before any test
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -13,7 +13,8 @@ import io
 import shutil
 import struct
 import subprocess
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import soundfile as sf

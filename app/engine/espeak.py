@@ -174,7 +174,7 @@ class EspeakEngine(Engine):
         f0 = median_f0(wav, sample_rate)
         variant = "f2" if f0 >= _FEMALE_F0_FROM_HZ else "m3"
         pitch = np.interp(np.log(f0), np.log(_VARIANT_F0[variant]), _PITCH_STEPS)  # clamps to 0..99
-        return EspeakVoice(variant=variant, pitch=int(round(float(pitch))))
+        return EspeakVoice(variant=variant, pitch=round(float(pitch)))
 
     def save_voice(self, voice: EspeakVoice, path: str) -> None:
         with open(path, "w", encoding="utf-8") as file:

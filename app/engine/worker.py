@@ -12,9 +12,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from app.engine.base import Engine
 from app.engine.types import EngineError, EngineOutput, EngineRequest
@@ -32,7 +33,7 @@ class WorkerStats:
 class RequestHandle:
     """The asyncio end of one request: iterate it for outputs; `cancel()` frees the engine's slot at once."""
 
-    def __init__(self, worker: "EngineWorker", request: EngineRequest):
+    def __init__(self, worker: EngineWorker, request: EngineRequest):
         self.request = request
         self._worker = worker
         self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()

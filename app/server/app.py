@@ -16,8 +16,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import uvicorn
 from starlette.applications import Starlette

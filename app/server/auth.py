@@ -10,7 +10,7 @@ HTTP status of a refused handshake.
 from __future__ import annotations
 
 import hmac
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import parse_qsl
 
 from starlette.responses import JSONResponse

@@ -13,8 +13,9 @@ routes of elevenlabs_http.py share).
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 from starlette.routing import WebSocketRoute
@@ -28,9 +29,18 @@ from app.server.core.context import Framing, StatsSource, StreamContext
 from app.server.core.outbox import Payload
 from app.server.core.services import Services
 from app.server.core.spec import MAX_ID_CHARS, ContextSpec
-from app.server.elevenlabs_common import (CLOSE_CODES, DEFAULT_OUTPUT, DEFAULT_OUTPUT_FORMAT, MAX_SEED,
-                                          Alignment, Alignments, ElevenLabsError, OutputFormat,
-                                          TranscriptAligner, generation_settings)
+from app.server.elevenlabs_common import (
+    CLOSE_CODES,
+    DEFAULT_OUTPUT,
+    DEFAULT_OUTPUT_FORMAT,
+    MAX_SEED,
+    Alignment,
+    Alignments,
+    ElevenLabsError,
+    OutputFormat,
+    TranscriptAligner,
+    generation_settings,
+)
 from app.text.chunker import TextChunk
 
 SINGLE_PATH = "/v1/text-to-speech/{voice_id}/stream-input"
@@ -58,7 +68,7 @@ class Options:
     seed: int | None = None
 
     @classmethod
-    def parse(cls, query: Mapping[str, str]) -> "Options":
+    def parse(cls, query: Mapping[str, str]) -> Options:
         for name in _IGNORED_BOOLEANS:
             if name in query:
                 _boolean(query, name)
@@ -129,7 +139,7 @@ class Message:
     keys: tuple[str, ...] = ()  # API keys it carries
 
     @classmethod
-    def parse(cls, raw: str) -> "Message":
+    def parse(cls, raw: str) -> Message:
         """Their message schemas allow unknown fields; only the ones used here are checked."""
         try:
             data = orjson.loads(raw)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
-from app.server.core.close_codes import INTERNAL_ERROR, GOING_AWAY, POLICY_VIOLATION
+from app.server.core.close_codes import GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION
 from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND, caller_text
 from app.text.chunker import TextChunk
 
@@ -56,7 +57,7 @@ class ElevenLabsError(Exception):
 
     @classmethod
     def from_ours(cls, code: str, message: str, context_id: str | None = None,
-                  status: int = 400) -> "ElevenLabsError":
+                  status: int = 400) -> ElevenLabsError:
         return cls(_ERROR_NAMES.get(code, code), message, CLOSE_CODES.get(code, POLICY_VIOLATION), context_id,
                    status)
 
@@ -83,7 +84,7 @@ class OutputFormat:
     kbps: int | None = None  # mp3 and opus
 
     @classmethod
-    def parse(cls, name: str, streamed: bool) -> "OutputFormat":
+    def parse(cls, name: str, streamed: bool) -> OutputFormat:
         """`streamed`: the audio must be encoded as it is produced (their WebSockets)."""
         codec, _, rest = name.partition("_")
         rate, _, kbps = rest.partition("_")
@@ -169,7 +170,7 @@ class Alignment:
     def websocket_json(self) -> dict[str, Any]:
         """Their WebSocket field: times in whole milliseconds, relative to the message."""
         starts = self.starts_ms()
-        ends = starts[1:] + [round(self.seconds * 1000.0)]
+        ends = [*starts[1:], round(self.seconds * 1000.0)]
         return {"chars": list(self.chars), "charStartTimesMs": starts,
                 "charDurationsMs": [end - start for start, end in zip(starts, ends)]}
 
@@ -178,7 +179,7 @@ class Alignment:
         step = self.seconds / len(self.chars)
         starts = [round(offset_s + i * step, 3) for i in range(len(self.chars))]
         return {"characters": list(self.chars), "character_start_times_seconds": starts,
-                "character_end_times_seconds": starts[1:] + [round(offset_s + self.seconds, 3)]}
+                "character_end_times_seconds": [*starts[1:], round(offset_s + self.seconds, 3)]}
 
 
 class Aligner:

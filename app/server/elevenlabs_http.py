@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -30,10 +31,24 @@ from app.errors import ClientError
 from app.server.auth import key_accepted, presented_keys
 from app.server.core.pipeline import AudioPiece, ChunkJob
 from app.server.core.speech import AudioBody, FileBody, SpeechRequest, SpeechService, StreamBody
-from app.server.elevenlabs_common import (DEFAULT_OUTPUT_FORMAT, MAX_SEED, Alignment, Alignments,
-                                          ElevenLabsError, OutputFormat, TranscriptAligner, generation_settings)
-from app.server.http_common import (ClosingStreamingResponse, finished_audio, json_body_limit, opened,
-                                    read_json_object, routing_error)
+from app.server.elevenlabs_common import (
+    DEFAULT_OUTPUT_FORMAT,
+    MAX_SEED,
+    Alignment,
+    Alignments,
+    ElevenLabsError,
+    OutputFormat,
+    TranscriptAligner,
+    generation_settings,
+)
+from app.server.http_common import (
+    ClosingStreamingResponse,
+    finished_audio,
+    json_body_limit,
+    opened,
+    read_json_object,
+    routing_error,
+)
 
 UNAUTHORIZED = 401
 NOT_FOUND = 404

@@ -10,7 +10,8 @@ The OpenAI adapter answers in OpenAI's shape instead, through its own translatio
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncGenerator, Awaitable, TypeVar
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.exceptions import HTTPException

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -64,7 +64,7 @@ class Control:
     context_id: str
 
 
-ClientMessage = Union[Start, Text, Control]
+ClientMessage = Start | Text | Control
 
 _FIELDS = {
     "start": {"type", "context_id", "voice", "output", "generation", "chunking", "priority"},

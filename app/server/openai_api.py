@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -37,9 +38,8 @@ from starlette.routing import Route
 
 from app.audio.encode import FfmpegError, ffmpeg_available, run_ffmpeg
 from app.errors import ClientError
-from app.server.core.speech import (INTERNAL_SERVER_ERROR, AudioBody, FileBody, Speech, SpeechRequest,
-                                    SpeechService)
 from app.server.core.spec import GENERATION_FIELDS, generation_from_fields
+from app.server.core.speech import INTERNAL_SERVER_ERROR, AudioBody, FileBody, Speech, SpeechRequest, SpeechService
 from app.server.http_common import ClosingStreamingResponse, client_id, json_body_limit, opened, read_json_object
 from app.voices.library import DEFAULT_VOICE_ID, VoiceError
 

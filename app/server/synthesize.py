@@ -29,11 +29,22 @@ from starlette.routing import Route
 from app.audio.encode import FILE_FORMATS
 from app.engine.types import GenerationSettings
 from app.errors import ClientError
+from app.server.core.spec import (
+    GENERATION_FIELDS,
+    PRIORITY_RANGE,
+    UNPROCESSABLE,
+    generation_from_fields,
+    priority_in_range,
+)
 from app.server.core.speech import OUTPUT_RATE, SpeechRequest, SpeechService
-from app.server.core.spec import (GENERATION_FIELDS, PRIORITY_RANGE, UNPROCESSABLE, generation_from_fields,
-                                  priority_in_range)
-from app.server.http_common import (ClosingStreamingResponse, client_id, finished_audio, json_body_limit,
-                                    opened, read_json_object)
+from app.server.http_common import (
+    ClosingStreamingResponse,
+    client_id,
+    finished_audio,
+    json_body_limit,
+    opened,
+    read_json_object,
+)
 from app.voices.library import DEFAULT_VOICE_ID
 
 _FIELDS = frozenset({"text", "voice", "streaming", "priority", "enable_batching", "response_format"}

@@ -24,9 +24,10 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -109,7 +110,7 @@ class VoiceLibrary:
     # ---- queries ------------------------------------------------------------------------------------------
 
     def list(self) -> list[VoiceRecord]:
-        return [_DEFAULT_RECORD] + sorted(self._records.values(), key=lambda record: record.id)
+        return [_DEFAULT_RECORD, *sorted(self._records.values(), key=lambda record: record.id)]
 
     def get(self, voice_id: str) -> VoiceRecord:
         if voice_id == DEFAULT_VOICE_ID:

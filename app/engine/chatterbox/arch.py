@@ -2,7 +2,8 @@
 
 `standard` is `ChatterboxTTS` (Llama T3, 10-step S3Gen); `turbo` is `ChatterboxTurboTTS` (GPT-2 T3, meanflow
 S3Gen). `full` is exactly what chatterbox-tts 0.1.7 builds (`T3()`, `S3Gen()`, `VoiceEncoder()`, and for turbo
-the hyperparameters `ChatterboxTurboTTS.from_local` sets): same parameters, same compute. `tiny` keeps every class and interface but shrinks depth and width so CPU tests run in seconds.
+the hyperparameters `ChatterboxTurboTTS.from_local` sets): same parameters, same compute. `tiny` keeps every
+class and interface but shrinks depth and width so CPU tests run in seconds.
 A synthetic checkpoint records its size in `synthetic.json` (a file the official loader ignores); a directory
 without it is the official architecture.
 """
@@ -14,10 +15,10 @@ from typing import Literal
 
 import torch
 from chatterbox.models.s3gen import S3Gen
+from chatterbox.models.s3gen.const import S3GEN_SR
 from chatterbox.models.s3gen.decoder import ConditionalDecoder
 from chatterbox.models.s3gen.f0_predictor import ConvRNNF0Predictor
 from chatterbox.models.s3gen.hifigan import HiFTGenerator
-from chatterbox.models.s3gen.const import S3GEN_SR
 from chatterbox.models.s3gen.transformer.upsample_encoder import UpsampleConformerEncoder
 from chatterbox.models.t3 import T3
 from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS

@@ -29,8 +29,8 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ class S3GenStream:
 
     voice: VoiceTensors
     noise: torch.Tensor  # (80, 2P + 2*max_tokens) Euler starting point, fixed for the stream
-    source: "HarmonicSource"
+    source: HarmonicSource
     mels_done: int = 0  # mel frames of the utterance already produced (including held-back ones)
     mel_history: torch.Tensor | None = None  # (80, <= vocoder_overlap + VOCODER_STEP) last produced frames
     source_history: torch.Tensor | None = None  # (480 per frame,) vocoder excitation over those frames
@@ -144,9 +144,9 @@ class S3GenStreamer:
         """`dtype`: precision of the flow estimator (a copy of it with its weights in that dtype; default
         float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: as everywhere
         (app.engine.graphs), applied to the CFM step (estimator) for the shapes `warmup()` prepares.
-        `cuda_graphs`: capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch. `static_shapes`:
-        bucket lengths and batch sizes (default: on CUDA). `prompt_tokens`: most tokens of a voice's prompt
-        (and their mels) conditioning the flow, from its start as upstream cuts the reference."""
+        `cuda_graphs`: capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch.
+        `static_shapes`: bucket lengths and batch sizes (default: on CUDA). `prompt_tokens`: most tokens of a
+        voice's prompt (and their mels) conditioning the flow, from its start as upstream cuts the reference."""
         self.s3gen = s3gen
         self.flow = s3gen.flow
         self.hift = s3gen.mel2wav
@@ -458,12 +458,12 @@ class S3GenStreamer:
         try:
             for rows in batches:  # largest first: later captures reuse the graph pool's memory
                 for width in windows:
-                    seconds = compute.timed(lambda: self._prepare_flow(rows, width))
+                    seconds = compute.timed(lambda rows=rows, width=width: self._prepare_flow(rows, width))
                     prepared.append({"stage": "flow", "batch": rows, "window_tokens": width, "seconds": seconds})
                 for frames in vocoder:
                     mels = torch.randn(rows, MEL_CHANNELS, frames, device=self.device)
                     source = torch.zeros(rows, 1, frames * SAMPLES_PER_MEL, device=self.device)
-                    seconds = compute.timed(lambda: (self.graphs.capture("f0", mels),
+                    seconds = compute.timed(lambda mels=mels, source=source: (self.graphs.capture("f0", mels),
                                                      self.graphs.capture("spectrum", mels, source)))
                     prepared.append({"stage": "vocoder", "batch": rows, "frames": frames, "seconds": seconds})
             if self.device.type == "cuda":
@@ -559,7 +559,7 @@ class HarmonicSource:
         self.position = 0  # samples produced so far
 
     @staticmethod
-    def excite(sources: list["HarmonicSource"], f0: torch.Tensor, counts: list[int]
+    def excite(sources: list[HarmonicSource], f0: torch.Tensor, counts: list[int]
                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]]:
         """Excitation (B, S) for the next `counts[i]` samples of each source, given their f0 in Hz (B, S) (past
         a row's count, f0 and excitation are don't-care), and each source's state after them."""

@@ -82,7 +82,7 @@ class TurboTextTokenizer:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_directory(cls, directory: Path) -> "TurboTextTokenizer":
+    def from_directory(cls, directory: Path) -> TurboTextTokenizer:
         from transformers import AutoTokenizer
 
         return cls(AutoTokenizer.from_pretrained(directory))

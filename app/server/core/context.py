@@ -14,8 +14,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from app.audio.encode import AudioEncoder
 from app.engine.types import EngineError
@@ -71,7 +72,7 @@ class Framing:
 # ---- one context --------------------------------------------------------------------------------------------
 
 class StreamContext:
-    def __init__(self, connection: "Connection", spec: ContextSpec, serial: int, voice: Any, chunk_size: int,
+    def __init__(self, connection: Connection, spec: ContextSpec, serial: int, voice: Any, chunk_size: int,
                  encoder: AudioEncoder, framing: Framing):
         self.connection = connection
         self.services = connection.services

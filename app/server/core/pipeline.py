@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, AsyncIterator, Awaitable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class PipelineSink(Protocol[T]):
     """What a reply's events turn into, in order. A method's result, unless None, is what `deliver` yields
     (an HTTP body's bytes); a sink that pushes its output elsewhere (a socket's outbox) returns None."""
 
-    def on_audio(self, piece: AudioPiece) -> T | None | Awaitable[T | None]: ...
+    def on_audio(self, piece: AudioPiece) -> T | Awaitable[T | None] | None: ...
 
     def on_chunk_done(self, job: ChunkJob) -> T | None: ...
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from app.errors import ClientError
 
@@ -43,7 +43,7 @@ class KeyUsage:
 class Ticket:
     """One engine request's place in its quota; `done()` once it finished or was cancelled (idempotent)."""
 
-    def __init__(self, quota: "RequestQuota", start: Callable[[], None], key: KeyUsage | None):
+    def __init__(self, quota: RequestQuota, start: Callable[[], None], key: KeyUsage | None):
         self._quota = quota
         self._start = start
         self.key = key  # counted there until done, even if its connection has let go of the key by then

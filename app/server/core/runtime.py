@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from app.errors import ClientError
 from app.metrics import Metrics
@@ -31,7 +32,7 @@ class Closable(Protocol):
 class ActiveStream:
     """One open speech stream as the runtime sees it; `stop` is how a drain that ran out of time ends it."""
 
-    def __init__(self, runtime: "Runtime", stop: Callable[[], None]):
+    def __init__(self, runtime: Runtime, stop: Callable[[], None]):
         self._runtime = runtime
         self.stop = stop
         self._closed = False

@@ -25,7 +25,7 @@ class Services:
     base_generation: GenerationSettings
 
     @classmethod
-    def from_state(cls, state: Any) -> "Services":
+    def from_state(cls, state: Any) -> Services:
         return cls(settings=state.settings, runtime=state.runtime, worker=state.worker,
                    engine_info=state.engine_info.as_dict(), sample_rate=state.engine_info.sample_rate,
                    voices=state.voices, metrics=state.metrics,

@@ -8,8 +8,9 @@ language) are new fields with defaults here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from app.engine.types import EngineError, GenerationSettings
 from app.errors import ClientError

@@ -20,8 +20,9 @@ import math
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 
@@ -329,7 +330,7 @@ class SpeechService:
         self.cache = cache
 
     @classmethod
-    def from_state(cls, state: Any) -> "SpeechService":
+    def from_state(cls, state: Any) -> SpeechService:
         return cls(Services.from_state(state), state.response_cache)
 
     @property
