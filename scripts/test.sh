@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 .venv/bin/ruff check app  # the lint rules in pyproject.toml; a finding fails the run before any test
+.venv/bin/mypy  # type-checks app/ (pyproject.toml [tool.mypy])
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -97,7 +97,7 @@ class Scheduler:
         by_client: dict[str, list[Sequence]] = {}
         for sequence in sorted(candidates, key=Sequence.urgency):
             by_client.setdefault(sequence.client, []).append(sequence)
-        admitted = []
+        admitted: list[Sequence] = []
         while len(admitted) < room and by_client:
             client = min(by_client, key=lambda c: (load[c], by_client[c][0].urgency()))
             admitted.append(by_client[client].pop(0))

@@ -47,7 +47,7 @@ from app.voices.library import VoiceLibrary
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
-SHUTDOWN_GRACE_S = 3.0  # uvicorn's own wait after our drain; by then nothing should be left
+SHUTDOWN_GRACE_S = 3  # uvicorn's own wait after our drain; by then nothing should be left
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -120,7 +120,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     warmup: asyncio.Task | None = None
     try:
         state.voices = VoiceLibrary(
-            root=settings.voices_dir, engine_key=engine.info.name, max_upload_bytes=settings.max_upload_bytes,
+            root=Path(settings.voices_dir), engine_key=engine.info.name, max_upload_bytes=settings.max_upload_bytes,
             embed=lambda wav, sample_rate: worker.call(engine.embed_voice, wav, sample_rate),
             save=engine.save_voice, load=engine.load_voice, default_voice=await worker.call(engine.default_voice))
         warmup = asyncio.create_task(_warm_up(state))  # /health answers (and /ready says 503) meanwhile

@@ -179,6 +179,8 @@ class AdaptiveChunker:
         self._index = 0
         self._now = 0.0
         self._buffered_s = 0.0
+        self._head_since: float | None = None  # when the next, not yet emitted word started arriving
+        self._released_at: float | None = None
         self._reset_stream()
 
     @property
@@ -245,8 +247,8 @@ class AdaptiveChunker:
         self._normalizer = StreamNormalizer()
         self._pending = _Pending()
         self._first = True
-        self._head_since: float | None = None  # when the next, not yet emitted word started arriving
-        self._released_at: float | None = None
+        self._head_since = None
+        self._released_at = None
 
     def _observe(self, now: float, buffered_audio_s: float) -> None:
         self._now = now
@@ -350,8 +352,9 @@ class AdaptiveChunker:
                                                                                          _Kind.WEAK_WORD)
         return within or next((cut for cut in cuts if cut.end > budget), None)
 
-    def _deadline_cut(self, cuts: list[_Cut]) -> _Cut | None:
-        return self._best(cuts, 1, self._budget(), _Kind.WEAK_WORD)
+    def _deadline_due(self, cuts: list[_Cut]) -> tuple[_Cut, str] | None:
+        cut = self._best(cuts, 1, self._budget(), _Kind.WEAK_WORD)
+        return (cut, "deadline") if cut else None
 
     def _due(self) -> tuple[_Cut, str] | None:
         cuts = self._cuts()
@@ -366,7 +369,7 @@ class AdaptiveChunker:
             cut = next((cut for cut in cuts if cut.kind >= _Kind.CLAUSE and cut.end >= self._floor()), None)
             if cut:
                 return cut, "boundary"
-            return (self._deadline_cut(cuts), "deadline") if deadline_passed else None
+            return self._deadline_due(cuts) if deadline_passed else None
         band = self._band()
         if band is _Band.HEALTHY:
             return None
@@ -375,7 +378,7 @@ class AdaptiveChunker:
         if cut:
             return cut, "boundary"
         if band is _Band.LOW and deadline_passed:
-            return self._deadline_cut(cuts), "deadline"
+            return self._deadline_due(cuts)
         return None
 
     # -- releasing -----------------------------------------------------------------------------------------

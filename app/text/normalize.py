@@ -164,6 +164,9 @@ class StreamNormalizer:
     """Incremental `normalize_stream`: feed pieces, get the words that became final."""
 
     def __init__(self) -> None:
+        self._start_over()
+
+    def _start_over(self) -> None:
         self._word = ""  # raw characters of the word being read, or of a complete one awaiting emission
         self._word_complete = False  # whitespace followed it
         self._word_breaks = 0
@@ -208,7 +211,7 @@ class StreamNormalizer:
         out: list[Word] = []
         if self._word:
             self._emit(out)
-        self.__init__()
+        self._start_over()
         return out
 
     def _read_space(self, run: str) -> None:

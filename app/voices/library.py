@@ -273,7 +273,7 @@ def _read_reference(path: Path) -> np.ndarray:
     return pcm
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
     """Have `write` fill a temporary file beside `path`, then move it into place in one step."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:

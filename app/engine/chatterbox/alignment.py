@@ -21,6 +21,8 @@ Where upstream would reduce over no text columns (texts of 5 tokens or fewer) th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 # Upstream's heads (layer, head) for the 30-layer Llama T3.
@@ -48,7 +50,7 @@ class AlignmentGuard:
         self._head_index = {layer: torch.tensor([h for aligned, h in self.heads if aligned == layer], device=device)
                             for layer, _ in self.heads}
         self.stop_token = stop_token
-        long = {"dtype": torch.long, "device": device}
+        long: dict[str, Any] = {"dtype": torch.long, "device": device}
         self.enabled = torch.zeros(rows, dtype=torch.bool, device=device)
         self.text_start = torch.zeros(rows, **long)  # KV position of the start-of-text token
         self.text_len = torch.ones(rows, **long)  # text tokens including start and end of text

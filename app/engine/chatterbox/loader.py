@@ -134,7 +134,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _load_into(module: torch.nn.Module, path: Path, optional: tuple[str, ...] = ()) -> None:
     state = _read_weights(path)
     if "model" in state and len(state) == 1:  # an upstream packaging variant
-        state = state["model"][0]
+        state = state["model"][0]  # type: ignore[assignment]  # a state dict inside a list, as upstream saves it
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

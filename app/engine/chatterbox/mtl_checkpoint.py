@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from app.engine.chatterbox.arch import Size
+from app.engine.chatterbox.arch import ModelKind, Size
 from app.engine.chatterbox.checkpoint import SYNTHETIC_MARKER, _save_weights, random_modules, save_default_voice
 from app.engine.chatterbox.languages import SUPPORTED_LANGUAGES
 from app.engine.chatterbox.loader import LAYOUTS
 
-MODEL = "multilingual"
+MODEL: ModelKind = "multilingual"
 VE_FILE, T3_FILE, S3GEN_FILE = LAYOUTS[MODEL].weights
 TOKENIZER_FILE, CANGJIE_FILE = LAYOUTS[MODEL].tokenizer
 TEXT_VOCAB_SIZE = 2454  # upstream T3Config.multilingual()

@@ -25,6 +25,7 @@ own CFG) + HiFiGAN vocoder. Four facts shape the streaming decode:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import weakref
@@ -80,6 +81,10 @@ class VoiceCache:
         self.hits = 0
         self.misses = 0
 
+    def _forget(self, key: int, _reference: weakref.ref) -> None:
+        """The anchor of a cached voice was collected: its tensors go too."""
+        self._entries.pop(key, None)
+
     def get(self, ref: dict) -> VoiceTensors:
         anchor = ref["prompt_feat"]
         key = id(anchor)
@@ -91,7 +96,7 @@ class VoiceCache:
         self.misses += 1
         voice = self._build(ref)
         try:
-            self._entries[key] = (weakref.ref(anchor, lambda _, key=key: self._entries.pop(key, None)), voice)
+            self._entries[key] = (weakref.ref(anchor, functools.partial(self._forget, key)), voice)
         except TypeError:  # not weak-referenceable (e.g. numpy): computed every time
             return voice
         while len(self._entries) > self._capacity:
@@ -225,7 +230,7 @@ class S3GenStreamer:
         for commit in commits:
             commit()
         empty = np.zeros(0, dtype=np.float32)
-        return [call.pcm if call is not None else empty for call in calls]
+        return [call.pcm if call is not None and call.pcm is not None else empty for call in calls]
 
     def _plan(self, stream: S3GenStream, tokens: torch.Tensor, finalize: bool, left_context: int) -> _Call | None:
         tokens = tokens.to(self.device).long().reshape(-1)[: self.max_tokens]
@@ -332,7 +337,9 @@ class S3GenStreamer:
         source = torch.empty_like(f0)
         for i, ((call, _), k) in enumerate(zip(group, known)):
             if k:
-                source[i, :k] = call.stream.source_history[-k:]
+                history = call.stream.source_history
+                assert history is not None  # k > 0: this stream has been vocoded before
+                source[i, :k] = history[-k:]
             source[i, k:] = excitation[i, :samples - k]
         source[len(group):] = source[0]  # batch padding rows
         return source, states
@@ -356,7 +363,7 @@ class S3GenStreamer:
             stream.mel_history = window[:, -history_frames:]
             stream.source_history = source[-history_frames * SAMPLES_PER_MEL:]
             stream.held_frames, stream.speech_tail = keep, tail
-            stream.samples_emitted += len(call.pcm)
+            stream.samples_emitted += 0 if call.pcm is None else len(call.pcm)
             stream.source.advance(source_state)
 
         return commit
@@ -451,20 +458,19 @@ class S3GenStreamer:
         windows = sorted({_round_up(w, WINDOW_STEP) if self.static_shapes else w
                           for w in window_tokens or range(WINDOW_STEP, max_window + WINDOW_STEP, WINDOW_STEP)},
                          reverse=True)
-        vocoder = set(vocoder_frames or range(VOCODER_STEP, 8 * VOCODER_STEP + 1, VOCODER_STEP))
-        vocoder = sorted(vocoder | ({TOKEN_MEL_RATIO * first_chunk_tokens} if first_chunk_tokens else set()),
+        frame_counts = set(vocoder_frames or range(VOCODER_STEP, 8 * VOCODER_STEP + 1, VOCODER_STEP))
+        vocoder = sorted(frame_counts | ({TOKEN_MEL_RATIO * first_chunk_tokens} if first_chunk_tokens else set()),
                          reverse=True)
         prepared, started = [], time.perf_counter()
         try:
             for rows in batches:  # largest first: later captures reuse the graph pool's memory
                 for width in windows:
-                    seconds = compute.timed(lambda rows=rows, width=width: self._prepare_flow(rows, width))
+                    seconds = compute.timed(functools.partial(self._prepare_flow, rows, width))
                     prepared.append({"stage": "flow", "batch": rows, "window_tokens": width, "seconds": seconds})
                 for frames in vocoder:
                     mels = torch.randn(rows, MEL_CHANNELS, frames, device=self.device)
                     source = torch.zeros(rows, 1, frames * SAMPLES_PER_MEL, device=self.device)
-                    seconds = compute.timed(lambda mels=mels, source=source: (self.graphs.capture("f0", mels),
-                                                     self.graphs.capture("spectrum", mels, source)))
+                    seconds = compute.timed(functools.partial(self._capture_vocoder, mels, source))
                     prepared.append({"stage": "vocoder", "batch": rows, "frames": frames, "seconds": seconds})
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -473,6 +479,10 @@ class S3GenStreamer:
         self._warmup_seconds += time.perf_counter() - started
         return {"prepared": prepared, "seconds": round(self._warmup_seconds, 3),
                 "fallback_reason": self.graphs.fallback_reason}
+
+    def _capture_vocoder(self, mels: torch.Tensor, source: torch.Tensor) -> None:
+        self.graphs.capture("f0", mels)
+        self.graphs.capture("spectrum", mels, source)
 
     def _prepare_flow(self, rows: int, width: int) -> None:
         frames, device = TOKEN_MEL_RATIO * width, self.device
@@ -515,6 +525,7 @@ class S3GenStreamer:
         """The flow's mels (80, 2 * len(tokens)) for every token in one call, not vocoded; the stream is not
         advanced (for measuring precision and step-count effects)."""
         call = self._plan(stream, tokens, True, left_context=0)
+        assert call is not None and call.mels is not None  # a finalized plan of tokens always has work
         self._run_flow([call])
         return call.mels
 
@@ -528,9 +539,8 @@ def _round_up(length: int, step: int) -> int:
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return None if dtype in (None, torch.float32) else dtype
+    resolved: torch.dtype | None = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return None if resolved in (None, torch.float32) else resolved
 
 
 class HarmonicSource:

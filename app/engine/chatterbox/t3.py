@@ -494,7 +494,9 @@ def _rotation_matrices(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """Upstream's `LlamaRMSNorm` as one operator."""
-    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+    weight: torch.Tensor = norm.weight  # type: ignore[assignment]  # nn.Module attributes are untyped
+    epsilon: float = norm.variance_epsilon  # type: ignore[assignment]
+    return F.rms_norm(x, x.shape[-1:], weight, epsilon)
 
 
 def _add_projection(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

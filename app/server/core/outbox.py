@@ -138,7 +138,7 @@ class Outbox:
         payload = item.payload() if callable(item.payload) else item.payload
         if isinstance(payload, bytes):
             await self._ws.send_bytes(payload)
-        elif payload is not None:
+        elif isinstance(payload, str):
             await self._ws.send_text(payload)
         if item.on_sent is not None:
             item.on_sent(time.monotonic())

@@ -11,6 +11,7 @@ per-chunk metrics: speech tokens, and the real-time factor (synthesis wall time 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -213,9 +214,8 @@ class ChunkPipeline:
         it is awaited before the next event, so the order holds."""
         async for event in self.ordered():
             if isinstance(event, AudioPiece):
-                result = sink.on_audio(event)
-                if asyncio.iscoroutine(result):
-                    result = await result
+                produced = sink.on_audio(event)
+                result = await produced if inspect.isawaitable(produced) else produced
             elif isinstance(event, ChunkDone):
                 result = sink.on_chunk_done(event.job)
             else:

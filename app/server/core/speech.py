@@ -279,6 +279,7 @@ class Speech:
             return data
 
         yield emit(self.audio.start())
+        assert self._pipeline is not None  # made by _start, which body() runs first
         try:
             async for data in self._pipeline.deliver(self):
                 yield emit(data)
@@ -290,7 +291,7 @@ class Speech:
         self.timings.finished = time.monotonic()
         # A whole file is encoded (and maybe stretched) here: off the event loop, which serves every stream.
         yield emit(self.audio.finish() if self.audio.progressive else await asyncio.to_thread(self.audio.finish))
-        if stored is not None:
+        if stored is not None and self.key is not None:
             self.cache.put(self.key, b"".join(stored))
         self._close()
 

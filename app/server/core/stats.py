@@ -69,7 +69,7 @@ class PlaybackClock:
                 underrun = True
                 self.underruns += 1
                 self.underrun_s += now - dry
-            self.started_at += now - dry
+            self.started_at = dry - self.sent_s + (now - dry)  # started_at + sent_s == dry: slide the start
         self.sent_s += seconds
         return underrun
 
