@@ -525,8 +525,9 @@ class S3GenStreamer:
         """The flow's mels (80, 2 * len(tokens)) for every token in one call, not vocoded; the stream is not
         advanced (for measuring precision and step-count effects)."""
         call = self._plan(stream, tokens, True, left_context=0)
-        assert call is not None and call.mels is not None  # a finalized plan of tokens always has work
+        assert call is not None  # a finalized plan of tokens always has work
         self._run_flow([call])
+        assert call.mels is not None  # set by the flow run
         return call.mels
 
     def decode_whole(self, stream: S3GenStream, tokens: torch.Tensor) -> np.ndarray:
