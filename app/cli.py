@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.engine.chatterbox.model_names import MODEL_KINDS, SIZES
 from app.settings import add_arguments, load_settings, settings_table
 
 
@@ -16,11 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(serve)
 
     make = commands.add_parser("make-checkpoint", help="write a synthetic checkpoint in the official layout")
-    # The keys of checkpoint.CHECKPOINT_WRITERS, written out: importing it would load torch for every command.
-    make.add_argument("--model", choices=("standard", "turbo", "multilingual"), default="standard",
+    make.add_argument("--model", choices=MODEL_KINDS, default="standard",
                       help="which model's official layout: standard (ResembleAI/chatterbox), turbo "
                            "(ResembleAI/chatterbox-turbo), multilingual (ResembleAI/chatterbox's multilingual files)")
-    make.add_argument("--size", choices=("tiny", "full"), default="tiny")
+    make.add_argument("--size", choices=SIZES, default="tiny")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("directory")
 

@@ -91,3 +91,13 @@ def test_full_checkpoint_loads_with_chatterbox_itself(tmp_path: Path):
     assert 520e6 < parameter_count(tts.t3) < 540e6
     assert 255e6 < parameter_count(tts.s3gen) < 270e6
     assert tts.conds is not None
+
+
+def test_every_model_has_one_entry_in_each_registry():
+    from app.engine.chatterbox.arch import T3_CONFIGS
+    from app.engine.chatterbox.checkpoint import CHECKPOINT_WRITERS
+    from app.engine.chatterbox.loader import LAYOUTS
+    from app.engine.chatterbox.model_names import MODEL_KINDS
+
+    assert set(T3_CONFIGS) == set(LAYOUTS) == set(CHECKPOINT_WRITERS) == set(MODEL_KINDS)
+    assert all(LAYOUTS[model].model == model for model in MODEL_KINDS)

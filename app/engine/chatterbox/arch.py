@@ -1,9 +1,10 @@
-"""Chatterbox module construction for two model kinds at two sizes, using chatterbox-tts's own classes.
+"""Chatterbox module construction for three models at two sizes, using chatterbox-tts's own classes.
 
-`standard` is `ChatterboxTTS` (Llama T3, 10-step S3Gen); `turbo` is `ChatterboxTurboTTS` (GPT-2 T3, meanflow
-S3Gen). `full` is exactly what chatterbox-tts 0.1.7 builds (`T3()`, `S3Gen()`, `VoiceEncoder()`, and for turbo
-the hyperparameters `ChatterboxTurboTTS.from_local` sets): same parameters, same compute. `tiny` keeps every
-class and interface but shrinks depth and width so CPU tests run in seconds.
+`standard` is `ChatterboxTTS` (Llama T3, 10-step S3Gen); `multilingual` is `ChatterboxMultilingualTTS` (the same
+modules, a larger text vocabulary); `turbo` is `ChatterboxTurboTTS` (GPT-2 T3, meanflow S3Gen). `full` is exactly
+what chatterbox-tts 0.1.7 builds (`T3()`, `S3Gen()`, `VoiceEncoder()`, and for turbo the hyperparameters
+`ChatterboxTurboTTS.from_local` sets): same parameters, same compute. `tiny` keeps every class and interface but
+shrinks depth and width so CPU tests run in seconds.
 A synthetic checkpoint records its size in `synthetic.json` (a file the official loader ignores); a directory
 without it is the official architecture.
 """
@@ -11,7 +12,6 @@ without it is the official architecture.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from chatterbox.models.s3gen import S3Gen
@@ -25,16 +25,7 @@ from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
 from chatterbox.models.t3.modules.t3_config import T3Config
 from chatterbox.models.voice_encoder import VoiceEncoder
 
-Size = Literal["tiny", "full"]
-SIZES: tuple[Size, ...] = ("tiny", "full")
-ModelKind = Literal["standard", "turbo", "multilingual"]
-MODEL_KINDS: tuple[ModelKind, ...] = ("standard", "turbo", "multilingual")
-# Llama T3 hyperparameters per model; the multilingual T3 differs only in its 2454-entry text vocabulary.
-# Turbo (GPT-2) is `_turbo_t3_config`.
-T3_CONFIGS: dict[str, Callable[[], T3Config]] = {
-    "standard": T3Config.english_only,
-    "multilingual": T3Config.multilingual,
-}
+from app.engine.chatterbox.model_names import ModelKind, Size
 
 TINY_LLAMA = "Llama_tiny_synthetic"
 # Width stays 1024: T3's Perceiver resampler hard-codes it. Depth and MLP width shrink.
@@ -56,13 +47,14 @@ LLAMA_CONFIGS.setdefault(TINY_GPT2, {
 TURBO_TEXT_VOCAB = 50276
 
 
-def t3_config(size: Size, model: ModelKind = "standard") -> T3Config:
-    if model == "turbo":
-        return _turbo_t3_config(size)
-    hp = T3_CONFIGS[model]()
-    if size == "tiny":
-        hp.llama_config_name = TINY_LLAMA
-    return hp
+def _llama_t3_config(upstream: Callable[[], T3Config]) -> Callable[[Size], T3Config]:
+    """Upstream's Llama T3 hyperparameters, with the tiny Llama at size `tiny`."""
+    def config(size: Size) -> T3Config:
+        hp = upstream()
+        if size == "tiny":
+            hp.llama_config_name = TINY_LLAMA
+        return hp
+    return config
 
 
 def _turbo_t3_config(size: Size) -> T3Config:
@@ -75,6 +67,19 @@ def _turbo_t3_config(size: Size) -> T3Config:
     hp.use_perceiver_resampler = False
     hp.emotion_adv = False
     return hp
+
+
+# T3 hyperparameters per model; the multilingual T3 differs from the standard one only in its 2454-entry text
+# vocabulary, Turbo's is a GPT-2.
+T3_CONFIGS: dict[ModelKind, Callable[[Size], T3Config]] = {
+    "standard": _llama_t3_config(T3Config.english_only),
+    "turbo": _turbo_t3_config,
+    "multilingual": _llama_t3_config(T3Config.multilingual),
+}
+
+
+def t3_config(size: Size, model: ModelKind = "standard") -> T3Config:
+    return T3_CONFIGS[model](size)
 
 
 def build_t3(size: Size, model: ModelKind = "standard") -> T3:

@@ -28,22 +28,22 @@ SYNTHETIC_MARKER = "synthetic.json"
 
 # Chatterbox's English tokenizer: [STOP]=0 (stop_text_token) and [START]=255 (start_text_token) are the ids T3
 # uses; text is encoded character by character with spaces replaced by [SPACE].
-_SPECIALS = {"[STOP]": 0, "[UNK]": 1, "[SPACE]": 2, "[PAD]": 3, "[SEP]": 4, "[CLS]": 5, "[MASK]": 6,
+SPECIALS = {"[STOP]": 0, "[UNK]": 1, "[SPACE]": 2, "[PAD]": 3, "[SEP]": 4, "[CLS]": 5, "[MASK]": 6,
              "[START]": 255}
 _CHARACTERS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                ".,!?;:'\"-()&%$#@/*+=<>[]_~`^|\\{}…—–’‘“”")
 
 
 def build_tokenizer() -> Tokenizer:
-    vocab = dict(_SPECIALS)
-    free_ids = (i for i in range(7, 1000) if i != _SPECIALS["[START]"])
+    vocab = dict(SPECIALS)
+    free_ids = (i for i in range(7, 1000) if i != SPECIALS["[START]"])
     for char in _CHARACTERS:
         vocab[char] = next(free_ids)
-    for unused in range(len(vocab) - 1, _SPECIALS["[START]"]):  # no holes below [START]
+    for unused in range(len(vocab) - 1, SPECIALS["[START]"]):  # no holes below [START]
         vocab[f"[UNUSED{unused}]"] = unused
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tokenizer.add_special_tokens(list(_SPECIALS))
+    tokenizer.add_special_tokens(list(SPECIALS))
     return tokenizer
 
 
@@ -103,10 +103,15 @@ def make_checkpoint(directory: str | Path, size: Size = "tiny", seed: int = 0,
         write_turbo_tokenizer(directory)
     else:
         build_tokenizer().save(str(directory / "tokenizer.json"))
-    (directory / SYNTHETIC_MARKER).write_text(json.dumps(
-        {"model": model, "size": size, "seed": seed, "chatterbox_tts": "0.1.7"}))
+    write_synthetic_marker(directory, model, size, seed)
     _write_default_voice(directory, model, *modules)
     return directory
+
+
+def write_synthetic_marker(directory: Path, model: ModelKind, size: Size, seed: int) -> None:
+    """synthetic.json: what the loader reads the size from (the official loader ignores it)."""
+    (directory / SYNTHETIC_MARKER).write_text(json.dumps(
+        {"model": model, "size": size, "seed": seed, "chatterbox_tts": "0.1.7"}))
 
 
 def _make_multilingual(directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
@@ -115,8 +120,8 @@ def _make_multilingual(directory: str | Path, size: Size = "tiny", seed: int = 0
     return make_multilingual_checkpoint(directory, size, seed)
 
 
-# `make-checkpoint --model NAME`: one writer per model kind, each in that model's official layout.
-CHECKPOINT_WRITERS: dict[str, Callable[..., Path]] = {
+# `make-checkpoint --model NAME`: one writer per model, each in that model's official layout.
+CHECKPOINT_WRITERS: dict[ModelKind, Callable[..., Path]] = {
     "standard": make_checkpoint,
     "turbo": functools.partial(make_checkpoint, model="turbo"),
     "multilingual": _make_multilingual,

@@ -1,11 +1,11 @@
 """Load Chatterbox from the model hub or a local directory in the official layout, through one code path.
 
-Three model kinds, each with its official layout (`LAYOUTS`): `standard` (ResembleAI/chatterbox: ve.safetensors,
+Three models, each with its official layout (`LAYOUTS`): `standard` (ResembleAI/chatterbox: ve.safetensors,
 t3_cfg.safetensors, s3gen.safetensors, tokenizer.json, conds.pt), `turbo` (ResembleAI/chatterbox-turbo:
 ve.safetensors, t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, GPT-2 tokenizer files, conds.pt) and
 `multilingual` (ResembleAI/chatterbox: ve.pt, t3_mtl23ls_v2.safetensors, s3gen.pt,
-grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json, conds.pt). `source` is `hub` (the kind's repo,
-downloaded once into the hub cache) or a directory; a directory's kind is read from its files. Synthetic
+grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json, conds.pt). `source` is `hub` (the model's repo,
+downloaded once into the hub cache) or a directory; a directory's model is read from its files. Synthetic
 checkpoints (see checkpoint.py) use the same layouts plus `synthetic.json`, which names their size. Unlike upstream
 (`strict=False` for S3Gen), every tensor must match: a checkpoint that silently leaves random weights behind
 is a bug we want to hear about, with the file named.
@@ -23,7 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from app.engine.chatterbox.arch import SIZES, ModelKind, Size, build_s3gen, build_t3, build_voice_encoder
+from app.engine.chatterbox.arch import build_s3gen, build_t3, build_voice_encoder
+from app.engine.chatterbox.model_names import SIZES, ModelKind, Size
 from app.engine.chatterbox.turbo_tokenizer import FILES as TURBO_TOKENIZER_FILES
 
 WEIGHT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors")  # the standard model's
@@ -31,9 +32,9 @@ WEIGHT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors")  # 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a model kind's files live: its hub repo and the file names of its official layout."""
+    """Where a model's files live: its hub repo and the file names of its official layout."""
 
-    kind: ModelKind
+    model: ModelKind
     repo_id: str
     weights: tuple[str, str, str]  # voice encoder, T3, S3Gen
     tokenizer: tuple[str, ...]  # the text files it reads; the first is the tokenizer itself
@@ -52,7 +53,6 @@ LAYOUTS: dict[ModelKind, Layout] = {
                            ("ve.pt", "t3_mtl23ls_v2.safetensors", "s3gen.pt"),
                            ("grapheme_mtl_merged_expanded_v1.json", "Cangjie5_TC.json")),
 }
-REPO_ID = LAYOUTS["standard"].repo_id
 REQUIRED_FILES = LAYOUTS["standard"].required
 # Buffers S3Gen computes itself; the released s3gen.safetensors does not carry them.
 _S3GEN_OPTIONAL = ("tokenizer._mel_filters", "tokenizer.window")
@@ -88,19 +88,19 @@ def resolve_checkpoint(source: str, model: ModelKind = "standard") -> Path:
     return directory
 
 
-def detect_kind(directory: Path) -> ModelKind:
-    """The model kind whose T3 weights file the directory holds (standard when none is there, so the
-    missing-file error names the standard layout)."""
-    for kind in ("turbo", "multilingual"):
-        if (directory / LAYOUTS[kind].weights[1]).is_file():
-            return kind
+def detect_model(directory: Path) -> ModelKind:
+    """The model whose T3 weights file the directory holds (standard when none is there, so the missing-file
+    error names the standard layout)."""
+    for model in ("turbo", "multilingual"):
+        if (directory / LAYOUTS[model].weights[1]).is_file():
+            return model
     return "standard"
 
 
 def check_layout(directory: Path, layout: Layout) -> None:
     missing = [name for name in layout.required if not (directory / name).is_file()]
     if missing:
-        raise CheckpointError(f"{layout.kind} checkpoint {directory} is missing {', '.join(missing)} "
+        raise CheckpointError(f"{layout.model} checkpoint {directory} is missing {', '.join(missing)} "
                               f"(expected {', '.join(layout.required)})")
 
 
@@ -149,11 +149,11 @@ def _load_tokenizer(directory: Path, layout: Layout) -> Any:
     """An object with `text_to_tokens(text) -> (1, n) LongTensor`, as chatterbox's EnTokenizer has."""
     path = directory / layout.tokenizer[0]
     try:
-        if layout.kind == "turbo":
+        if layout.model == "turbo":
             from app.engine.chatterbox.turbo_tokenizer import TurboTextTokenizer
 
             return TurboTextTokenizer.from_directory(directory)
-        if layout.kind == "multilingual":
+        if layout.model == "multilingual":
             from app.engine.chatterbox.languages import load_mtl_tokenizer
 
             return load_mtl_tokenizer(path, directory / layout.tokenizer[1])
@@ -174,7 +174,7 @@ def _load_conds(path: Path, device: str) -> Any:
 
 
 def _digest(directory: Path, layout: Layout) -> str:
-    h = hashlib.sha256(layout.kind.encode())
+    h = hashlib.sha256(layout.model.encode())
     for name in (*layout.weights, *layout.tokenizer):
         stat = (directory / name).stat()
         h.update(f"{name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
@@ -182,14 +182,14 @@ def _digest(directory: Path, layout: Layout) -> str:
 
 
 def load_models(source: str, device: str = "cpu", model: ModelKind | None = None) -> ChatterboxModels:
-    """Build the modules for the checkpoint's kind and size and load every file into them, in float32 on
+    """Build the modules for the checkpoint's model and size and load every file into them, in float32 on
     `device` (the engine casts what it runs in reduced precision). `model` is required for `hub` (default
     standard); for a directory it is read from the files, and a given `model` must match them."""
     directory = resolve_checkpoint(source, model or "standard")
-    layout = LAYOUTS[model or detect_kind(directory)]
+    layout = LAYOUTS[model or detect_model(directory)]
     check_layout(directory, layout)
     size = checkpoint_size(directory)
-    ve, t3, s3gen = build_voice_encoder(size), build_t3(size, layout.kind), build_s3gen(size, layout.kind)
+    ve, t3, s3gen = build_voice_encoder(size), build_t3(size, layout.model), build_s3gen(size, layout.model)
     ve_file, t3_file, s3gen_file = layout.weights
     _load_into(ve, directory / ve_file)
     _load_into(t3, directory / t3_file)
@@ -199,4 +199,4 @@ def load_models(source: str, device: str = "cpu", model: ModelKind | None = None
     for module in (ve, t3, s3gen):
         module.to(device).eval()
     return ChatterboxModels(t3, s3gen, ve, tokenizer, conds, size, directory, _digest(directory, layout),
-                            layout.kind)
+                            layout.model)

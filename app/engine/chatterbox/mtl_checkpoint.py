@@ -21,7 +21,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from app.engine.chatterbox.arch import ModelKind, Size
-from app.engine.chatterbox.checkpoint import SYNTHETIC_MARKER, _save_weights, random_modules, save_default_voice
+from app.engine.chatterbox.checkpoint import (
+    SPECIALS,
+    _save_weights,
+    random_modules,
+    save_default_voice,
+    write_synthetic_marker,
+)
 from app.engine.chatterbox.languages import SUPPORTED_LANGUAGES
 from app.engine.chatterbox.loader import LAYOUTS
 
@@ -30,8 +36,6 @@ VE_FILE, T3_FILE, S3GEN_FILE = LAYOUTS[MODEL].weights
 TOKENIZER_FILE, CANGJIE_FILE = LAYOUTS[MODEL].tokenizer
 TEXT_VOCAB_SIZE = 2454  # upstream T3Config.multilingual()
 
-_SPECIALS = {"[STOP]": 0, "[UNK]": 1, "[SPACE]": 2, "[PAD]": 3, "[SEP]": 4, "[CLS]": 5, "[MASK]": 6,
-             "[START]": 255}
 _CANGJIE_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -84,13 +88,13 @@ def cangjie_codes() -> dict[str, str]:
 
 def special_tokens() -> list[str]:
     """Tokens matched before per-character splitting: upstream's specials, `[lang]` and `[cj_*]` tokens."""
-    return [*_SPECIALS, *(f"[{lang}]" for lang in SUPPORTED_LANGUAGES), *(f"[cj_{c}]" for c in _CANGJIE_LETTERS + ".")]
+    return [*SPECIALS, *(f"[{lang}]" for lang in SUPPORTED_LANGUAGES), *(f"[cj_{c}]" for c in _CANGJIE_LETTERS + ".")]
 
 
 def build_mtl_tokenizer() -> Tokenizer:
-    vocab = dict(_SPECIALS)
-    free_ids = (i for i in range(7, TEXT_VOCAB_SIZE) if i != _SPECIALS["[START]"])
-    for token in special_tokens()[len(_SPECIALS):]:
+    vocab = dict(SPECIALS)
+    free_ids = (i for i in range(7, TEXT_VOCAB_SIZE) if i != SPECIALS["[START]"])
+    for token in special_tokens()[len(SPECIALS):]:
         vocab[token] = next(free_ids)
     for char in dict.fromkeys("".join(_SCRIPTS.values())):
         vocab.setdefault(char, next(free_ids))
@@ -122,7 +126,6 @@ def make_multilingual_checkpoint(directory: str | Path, size: Size = "tiny", see
     build_mtl_tokenizer().save(str(directory / TOKENIZER_FILE))
     entries = [f"{char}\t{code}" for char, code in cangjie_codes().items()]
     (directory / CANGJIE_FILE).write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
-    (directory / SYNTHETIC_MARKER).write_text(json.dumps({"size": size, "seed": seed, "model": MODEL,
-                                                          "chatterbox_tts": "0.1.7"}))
+    write_synthetic_marker(directory, MODEL, size, seed)
     _write_default_voice(directory, ve, t3, s3gen)
     return directory
