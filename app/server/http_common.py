@@ -10,7 +10,7 @@ The OpenAI adapter answers in OpenAI's shape instead, through its own translatio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -43,8 +43,13 @@ class ClientDisconnected(Exception):
 
 async def client_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ClientError)
-    request.app.state.metrics.errors.labels(exc.code).inc()
-    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+    return _error_json(request, exc)
+
+
+def _error_json(request: Request, error: ClientError, headers: Mapping[str, str] | None = None) -> Response:
+    """Our one error shape, counted by code."""
+    request.app.state.metrics.errors.labels(error.code).inc()
+    return JSONResponse(error_body(error.code, error.message), status_code=error.status, headers=headers)
 
 
 async def client_gone_response(request: Request, exc: Exception) -> Response:
@@ -70,10 +75,7 @@ def routing_error(request: Request, exc: HTTPException) -> ClientError:
 
 async def routing_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    error = routing_error(request, exc)
-    request.app.state.metrics.errors.labels(error.code).inc()
-    return JSONResponse(error_body(error.code, error.message), status_code=error.status,
-                        headers=exc.headers)
+    return _error_json(request, routing_error(request, exc), exc.headers)
 
 
 EXCEPTION_HANDLERS = {ClientError: client_error_response, ClientDisconnected: client_gone_response,
