@@ -12,7 +12,9 @@ is decided when the next word is known. So the emitted words never change afterw
 
     "".join(w.sep + w.text for w in feed(piece_1) + ... + feed(piece_n) + finish()) == normalize_stream(whole)
 
-for any split of the stream into pieces. The chunker cuts only between emitted words, so its chunks rejoin
+for any split of the stream into pieces. Every word also carries its `source`: the caller's characters it came
+from, with the whitespace and dropped markup before it, so the sources of all words rejoin exactly to the input
+(what a client reads back as its transcript). The chunker cuts only between emitted words, so its chunks rejoin
 exactly to `normalize_stream` of everything it was given. (`flush` is the one exception: it emits a word
 before it is complete; a continuation without a space is glued back without one, which only differs from the
 whole-text result when the flush fell inside a multi-character rule such as "..." or "https://".)
@@ -25,7 +27,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import accumulate
 
 # Characters with a fixed replacement. Everything else is classified in `_map_codepoint`.
 _REPLACEMENTS = {
@@ -136,10 +141,11 @@ def _count_line_breaks(run: str, after_cr: bool) -> int:
 class Word:
     """One normalized word as the stream emits it. Its place in the text is `sep + text`."""
 
-    text: str  # never empty
+    text: str  # empty only for `StreamNormalizer.finish`'s bare tail
     sep: str  # "" (start of the stream, punctuation that attaches, a glued continuation) or " "
     breaks_before: int  # line breaks in the whitespace before it (2 or more: a paragraph break)
     starts_line: bool
+    source: str = ""  # the caller's characters it came from, with the whitespace and dropped words before it
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,10 @@ class StreamNormalizer:
         self._starts_line = True  # no word kept yet on the current line
         self._glue_next = False  # a flush cut a word: its continuation joins without a space
         self._last_text = ""  # text of the last emitted word
+        self._raw = ""  # the caller's characters not yet claimed by an emitted word
+        self._raw_start = 0  # stream offset of _raw[0]
+        self._word_raw_end = 0  # stream offset where the raw characters of the word being read end
+        self._unclaimed = ""  # source of emitted words that normalized to nothing; the next word claims it
 
     @property
     def pending_chars(self) -> int:
@@ -191,28 +201,51 @@ class StreamNormalizer:
 
     def feed(self, text: str) -> list[Word]:
         out: list[Word] = []
-        for run in _RUN.findall(text.translate(_CHAR_TABLE)):
-            if run.isspace():
-                self._read_space(run)
+        mapped = text.translate(_CHAR_TABLE)
+        raw_end = _raw_offsets(text, mapped)
+        offset = self._raw_start + len(self._raw)
+        self._raw += text
+        for run in _RUN.finditer(mapped):
+            if run.group().isspace():
+                self._read_space(run.group())
             else:
-                self._read_word(run, out)
+                self._read_word(run.group(), out)
+                self._word_raw_end = offset + raw_end(run.end())
         return out
 
     def flush(self) -> list[Word]:
-        """Emit the word being read even though it may continue."""
+        """Emit the word being read even though it may continue; it claims every character read so far."""
         out: list[Word] = []
         if self._word:
             self._glue_next = not self._word_complete
             self._emit(out)
+            self._claim_rest(out)
         return out
 
     def finish(self) -> list[Word]:
-        """End of the stream: emit the rest and start over."""
+        """End of the stream: emit the rest and start over. The caller's characters after the last word
+        (whitespace, dropped markup) go with it; when it was emitted before (by a flush), they come as a bare
+        tail: a word with no text, only `source`."""
         out: list[Word] = []
         if self._word:
             self._emit(out)
+        if not self._claim_rest(out):
+            tail = self._unclaimed + self._raw
+            if tail:
+                out.append(Word("", "", 0, False, tail))
         self._start_over()
         return out
+
+    def _claim_rest(self, out: list[Word]) -> bool:
+        """Give the characters read after the last word of `out` to it (False: `out` has none)."""
+        if not out:
+            return False
+        rest, self._unclaimed = self._unclaimed + self._raw, ""
+        self._raw_start += len(self._raw)
+        self._raw = ""
+        if rest:
+            out[-1] = replace(out[-1], source=out[-1].source + rest)
+        return True
 
     def _read_space(self, run: str) -> None:
         if self._word:
@@ -246,19 +279,32 @@ class StreamNormalizer:
         breaks = max(self._word_breaks, self._carried_breaks)
         sep = "" if self._word_glued or _ATTACHES.match(text) else " "
         self._word, self._word_complete = "", False
+        source = self._take_source()
         if not text:
             self._carried_breaks = breaks
+            self._unclaimed = source
             return
         self._carried_breaks = 0
         self._starts_line = False
         # "waited—then" became "waited, then": two words, so that a chunk may end at its comma.
         first, *rest = _AFTER_COMMA.split(text)
-        self._append(first, sep, breaks, self._word_starts_line, out, glued=self._word_glued)
+        if self._append(first, sep, breaks, self._word_starts_line, out, source, glued=self._word_glued):
+            source = ""
         for part in rest:
-            self._append(part, " ", 0, False, out)
+            if self._append(part, " ", 0, False, out, source):
+                source = ""
+        self._unclaimed = source
 
-    def _append(self, text: str, sep: str, breaks: int, starts_line: bool, out: list[Word],
-                glued: bool = False) -> None:
+    def _take_source(self) -> str:
+        """The caller's characters up to the end of the word being emitted, with any unclaimed before them."""
+        end = self._word_raw_end - self._raw_start
+        source, self._raw = self._unclaimed + self._raw[:end], self._raw[end:]
+        self._raw_start, self._unclaimed = self._word_raw_end, ""
+        return source
+
+    def _append(self, text: str, sep: str, breaks: int, starts_line: bool, out: list[Word], source: str = "",
+                glued: bool = False) -> bool:
+        """Emit one word; False when it turned out to say nothing."""
         if not self._last_text:
             sep = ""
         elif sep == "" and not glued and self._last_text[-1] in _SENTENCE_OR_CLAUSE_MARKS:
@@ -267,9 +313,19 @@ class StreamNormalizer:
             if len(rest) < len(text):
                 text, sep = rest.lstrip(" "), " "
                 if not text:
-                    return
-        out.append(Word(text, sep, breaks, starts_line))
+                    return False
+        out.append(Word(text, sep, breaks, starts_line, source))
         self._last_text = text
+        return True
+
+
+def _raw_offsets(raw: str, mapped: str) -> Callable[[int], int]:
+    """Maps an offset in `mapped` (= raw.translate(_CHAR_TABLE)) to the offset in `raw` where the characters
+    that produced it end."""
+    if mapped == raw:
+        return lambda offset: offset
+    ends = list(accumulate(len(_CHAR_TABLE[ord(char)]) for char in raw))
+    return lambda offset: 0 if offset == 0 else bisect_left(ends, offset) + 1
 
 
 def normalize_stream(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import pytest
@@ -51,10 +52,20 @@ def split_at(text: str, cuts: list[int]) -> list[str]:
 
 def assert_well_formed(chunks: list[TextChunk], whole: str) -> None:
     assert "".join(texts(chunks)) == normalize_stream(whole)
+    assert_sources_rejoin(chunks, whole)
     assert [chunk.index for chunk in chunks] == list(range(len(chunks)))
-    for chunk in chunks:
+    for chunk in chunks[:-1]:
         assert chunk.text.strip()
+    for chunk in chunks:
         assert chunk.speak_text == prepare_for_engine(chunk.text, chunk.ends_sentence)
+
+
+def assert_sources_rejoin(chunks: list[TextChunk], whole: str) -> None:
+    """The caller's text, character for character. A last chunk without text carries what the caller wrote
+    after the last word was released (by a flush): whitespace, markup."""
+    assert "".join(chunk.source for chunk in chunks) == whole
+    if chunks and not chunks[-1].text:
+        assert chunks[-1].source and not chunks[-1].speak_text
 
 
 FRAGMENTS = [
@@ -68,9 +79,12 @@ fragment_texts = st.lists(st.tuples(st.sampled_from(FRAGMENTS), st.sampled_from(
     lambda parts: "".join(fragment + sep for fragment, sep in parts)
 )
 any_text = st.one_of(fragment_texts, st.text(max_size=120))
+# The sentence hold flushes a word after a silence, and a flush inside a multi-character rule ("." then "..")
+# is the one way the chunks' texts can differ from normalizing the whole text: these configs never hold.
 configs = st.tuples(st.integers(25, 200), st.integers(1, 30), st.integers(0, 50), st.integers(1, 40)).map(
     lambda sizes: ChunkerConfig(chunk_size=sizes[0], first_chunk_min_chars=sizes[1],
-                                first_chunk_max_chars=sizes[1] + sizes[2], min_chunk_chars=sizes[3])
+                                first_chunk_max_chars=sizes[1] + sizes[2], min_chunk_chars=sizes[3],
+                                sentence_hold_s=math.inf)
 )
 # Per piece: seconds since the previous one, the queued audio, and whether to poll before pushing.
 events = st.lists(st.tuples(st.floats(0, 1.0), st.sampled_from([0.0, 0.5, 1.0, 2.5, 4.0, 6.0]), st.booleans()),
@@ -94,6 +108,22 @@ def test_chunks_rejoin_exactly_for_any_split_and_polls(text: str, cuts: list[int
         chunks += chunker.push(piece, now, buffered)
     chunks += chunker.end()
     assert_well_formed(chunks, text)
+
+
+@FAST
+@given(any_text, st.lists(st.integers(min_value=0), max_size=20), events)
+def test_sources_rejoin_to_the_callers_text_with_holds_and_polls(text: str, cuts: list[int],
+                                                                 timeline: list[tuple[float, float, bool]]) -> None:
+    chunker = AdaptiveChunker()
+    chunks: list[TextChunk] = []
+    now = 0.0
+    for piece, (dt, buffered, poll_first) in zip(split_at(text, cuts), itertools.cycle(timeline)):
+        now += dt
+        if poll_first:
+            chunks += chunker.poll(now, buffered)
+        chunks += chunker.push(piece, now, buffered)
+    chunks += chunker.poll(now + 5.0) + chunker.end()
+    assert "".join(chunk.source for chunk in chunks) == text
     assert chunker.pending_chars == 0
 
 
@@ -191,22 +221,33 @@ def test_first_chunk_of_a_long_sentence_is_a_few_words() -> None:
 
 def test_deadline_releases_at_a_word_boundary() -> None:
     chunker = AdaptiveChunker()
-    for i, piece in enumerate(llm_tokens("Hello dear friend of mi")):
+    for i, piece in enumerate(llm_tokens("Hello there my dear old friend Sam of mi")):
         assert chunker.push(piece, now=0.1 + i * 0.01) == []
     assert chunker.next_deadline() == pytest.approx(0.7)
     assert chunker.poll(0.65) == []
     chunks = chunker.poll(0.71)
-    assert texts(chunks) == ["Hello dear friend"]  # not after "of", and "mi" may still grow
+    assert texts(chunks) == ["Hello there my dear old friend Sam"]  # not after "of", and "mi" may still grow
     assert chunks[0].reason == "deadline" and not chunks[0].ends_sentence
-    assert chunks[0].speak_text == "Hello dear friend,"
+    assert chunks[0].speak_text == "Hello there my dear old friend Sam,"
     assert chunks[0].first_text_at == pytest.approx(0.1)
+
+
+def test_deadline_never_cuts_a_short_thought() -> None:
+    chunker = AdaptiveChunker()
+    for i, piece in enumerate(llm_tokens("Hello dear friend of mi")):
+        assert chunker.push(piece, now=0.1 + i * 0.01) == []
+    assert chunker.poll(5.0) == []  # "Hello dear friend" is shorter than deadline_min_chars
+    control = AdaptiveChunker(ChunkerConfig(deadline_min_chars=0))
+    for i, piece in enumerate(llm_tokens("Hello dear friend of mi")):
+        control.push(piece, now=0.1 + i * 0.01)
+    assert texts(control.poll(5.0)) == ["Hello dear friend"]
 
 
 def test_deadline_waits_for_the_next_word_to_start() -> None:
     chunker = AdaptiveChunker()
-    assert chunker.push("Hello", now=0.0) == []
+    assert chunker.push("Hello there my dear old friend Samuel", now=0.0) == []
     assert chunker.poll(1.0) == [] and chunker.next_deadline() is None
-    assert texts(chunker.push(" w", now=1.1)) == ["Hello"]
+    assert texts(chunker.push(" w", now=1.1)) == ["Hello there my dear old friend Samuel"]
 
 
 def test_later_chunks_grow_with_the_audio_buffer() -> None:
