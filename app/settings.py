@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from app.engine.types import MAX_PROMPT_TOKENS
+from app.text.chunker import ChunkerConfig
 
 ENV_PREFIX = "CBR_"
 
@@ -70,6 +71,16 @@ class Settings:
 
     # streaming protocol
     chunk_size: int = _opt(50, "Default text-chunk budget in tokens (25-200), overridable per connection.")
+    sentence_hold_s: float = _opt(0.35, "A sentence end followed by silence (a tool call, a slow LLM) is released "
+                                        "whole after this long, or after `sentence_hold_tokens` of the stream's "
+                                        "own token intervals when that is longer.")
+    sentence_hold_tokens: float = _opt(2.5, "The hold in the stream's token intervals: at 2 tokens/s, \"$29.\" "
+                                            "is not taken for a sentence end while \"99\" is on its way.")
+    chunk_deadline_s: float = _opt(0.6, "With little audio queued, text waiting this long since it arrived may be "
+                                        "cut at a clause, else at a word that splits no number, name, date, code "
+                                        "or tag and is no function word...")
+    deadline_min_chars: int = _opt(32, "...leaving a chunk of at least this many characters: a shorter sentence "
+                                       "is always waited for whole.")
     max_connections: int = _opt(256, "Concurrent WebSocket connections; more are closed with 1013.")
     max_contexts_per_connection: int = _opt(8, "Concurrent contexts on one connection.")
     max_buffered_text: int = _opt(20000, "Characters of unspoken text a context may hold.")
@@ -176,13 +187,19 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
     return settings
 
 
+def chunker_config(s: Settings) -> ChunkerConfig:
+    """The chunker's rules for new contexts and syntheses (a context may override the chunk size)."""
+    return ChunkerConfig(chunk_size=s.chunk_size, first_chunk_max_wait_s=s.chunk_deadline_s,
+                         deadline_min_chars=s.deadline_min_chars, sentence_hold_s=s.sentence_hold_s,
+                         sentence_hold_tokens=s.sentence_hold_tokens)
+
+
 def validate_settings(s: Settings) -> None:
     for f in fields(Settings):
         choices = f.metadata["choices"]
         if choices and getattr(s, f.name) not in choices:
             raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(s, f.name)!r}")
-    if not 25 <= s.chunk_size <= 200:
-        raise ValueError("chunk_size must be between 25 and 200")
+    chunker_config(s)  # its own checks: chunk_size 25-200, no negative waits
     if not 25 <= s.s3gen_prompt_tokens <= MAX_PROMPT_TOKENS:
         raise ValueError(f"s3gen_prompt_tokens must be between 25 and {MAX_PROMPT_TOKENS}")
     if s.max_connections < 1 or s.max_contexts_per_connection < 1:

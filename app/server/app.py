@@ -41,7 +41,7 @@ from app.server.core.runtime import Runtime
 from app.server.elevenlabs_common import is_elevenlabs_path, is_under_their_prefix
 from app.server.http_common import EXCEPTION_HANDLERS, routing_error_response
 from app.server.log_redaction import redact_root_handlers, uvicorn_log_config
-from app.settings import Settings
+from app.settings import Settings, chunker_config
 from app.voices.library import VoiceLibrary
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     app.state.engine = engine
     app.state.metrics = Metrics()
     app.state.response_cache = ResponseCache(settings.cache_bytes)
-    app.state.runtime = Runtime(settings.chunk_size, app.state.metrics)
+    app.state.runtime = Runtime(chunker_config(settings), app.state.metrics)
     return app
 
 

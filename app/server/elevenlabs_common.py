@@ -5,16 +5,16 @@ errors, and the character alignment laid over the audio.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from app.audio.encode import SAMPLE_RATES, AudioEncoder, Mp3StreamEncoder, StreamEncoder
 from app.engine.types import EngineError, GenerationSettings
 from app.server.core.close_codes import GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION
-from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND, caller_text
+from app.server.core.pipeline import SPEECH_CHARS_PER_SECOND
 from app.text.chunker import TextChunk
 
 # Their text-to-speech routes: the WebSockets (stream-input, multi-stream-input) and the HTTP ones.
@@ -182,75 +182,6 @@ class Alignment:
                 "character_end_times_seconds": [*starts[1:], round(offset_s + self.seconds, 3)]}
 
 
-class Aligner:
-    """Approximate character timings for a reply's audio messages (we do not measure them), for one text of
-    each chunk (`text_of`: the caller's, or the normalized one).
-
-    Each chunk's characters are laid over its audio at an estimated speaking rate, learnt from the reply's
-    previous chunks: a word goes with the first message during which it is estimated to start, and the
-    chunk's last message takes every word left (or `finish_chunk` does, when its end was not marked). Within a
-    message its characters share its duration evenly, so a message's timings start at 0 and end at its own
-    length, and every character is sent exactly once, in order (the chunks' texts rejoin to the whole text).
-    """
-
-    def __init__(self, text_of: Callable[[TextChunk], str]) -> None:
-        self._text_of = text_of
-        self._rate = SPEECH_CHARS_PER_SECOND
-        self._index: int | None = None  # the chunk being spoken
-        self._chars = 0
-        self._spoken_s = 0.0
-        self._words: deque[tuple[int, str]] = deque()  # (offset in the chunk, word) not yet sent
-
-    def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Alignment | None:
-        """The characters due with `seconds` of `chunk`'s audio (None: an encoder's held-back tail, whose
-        chunk's characters went with the chunk)."""
-        if chunk is None:
-            return None
-        if chunk.index != self._index:
-            self._begin(chunk)
-        self._spoken_s += seconds
-        if chunk_ends:
-            self._learn_rate()
-            due = self._take_all()
-        else:
-            due = self._take_started()
-        return self._alignment(due, seconds)
-
-    def finish_chunk(self, chunk: TextChunk) -> Alignment | None:
-        """`chunk`'s audio is over: the characters not sent yet are due now, at no duration (all of them for a
-        chunk that had no audio, having nothing to speak; the rest of one whose last audio was not marked)."""
-        if chunk.index != self._index:
-            self._begin(chunk)
-        return self._alignment(self._take_all(), 0.0)
-
-    @staticmethod
-    def _alignment(words: list[str], seconds: float) -> Alignment | None:
-        chars = "".join(words)
-        return Alignment(chars, seconds) if chars else None
-
-    def _begin(self, chunk: TextChunk) -> None:
-        self._index = chunk.index
-        text = self._text_of(chunk)
-        self._chars = len(text)
-        self._spoken_s = 0.0
-        self._words = deque((match.start(), match.group()) for match in _WORD.finditer(text))
-
-    def _take_started(self) -> list[str]:
-        due = []
-        while self._words and self._words[0][0] / self._rate < self._spoken_s:
-            due.append(self._words.popleft()[1])
-        return due
-
-    def _take_all(self) -> list[str]:
-        due = [word for _, word in self._words]
-        self._words.clear()
-        return due
-
-    def _learn_rate(self) -> None:
-        if self._spoken_s > 0 and self._chars:
-            self._rate = (self._rate + self._chars / self._spoken_s) / 2
-
-
 @dataclass(frozen=True)
 class Alignments:
     """One message's characters twice over the same audio: the caller's own (their `alignment`) and the
@@ -263,16 +194,85 @@ class Alignments:
         return self.caller is not None or self.normalized is not None
 
 
+class _Words:
+    """One text of a chunk as words (each with the spaces after it), by where in the text each starts."""
+
+    def __init__(self, text: str) -> None:
+        self.chars = len(text)
+        self._words = deque((match.start() / max(1, len(text)), match.group()) for match in _WORD.finditer(text))
+
+    def started(self, fraction: float) -> str:
+        """The words started by `fraction` of the chunk, except its last: that one goes with the chunk's end."""
+        return "".join(self._words.popleft()[1] for _ in range(self._count_started(fraction)))
+
+    def has_started(self, fraction: float) -> bool:
+        return self._count_started(fraction) > 0
+
+    def rest(self) -> str:
+        rest = "".join(word for _, word in self._words)
+        self._words.clear()
+        return rest
+
+    def _count_started(self, fraction: float) -> int:
+        count = 0
+        for start, _ in itertools.islice(self._words, max(0, len(self._words) - 1)):
+            if start >= fraction:
+                break
+            count += 1
+        return count
+
+
 class TranscriptAligner:
-    """An `Aligner` for each text of the chunks, fed the same audio, so both transcripts end together."""
+    """Approximate character timings for a reply's audio messages (we do not measure them), for both texts of
+    each chunk: the caller's own (`source`) and the normalized one the model spoke.
+
+    Each chunk's text is laid over its audio at an estimated speaking rate, learnt from the reply's previous
+    chunks: a word goes with the first message during which it is estimated to start (by the fraction of the
+    chunk spoken, the same for both texts), and the chunk's last message takes every word left (or
+    `finish_chunk` does, when its end was not marked). A message with audio carries both texts or neither
+    (each text keeps its last word for the chunk's end), so one transcript never runs ahead of the other. Within a message its characters share its duration evenly, so a
+    message's timings start at 0 and end at its own length, and every character is sent exactly once, in order.
+    """
 
     def __init__(self) -> None:
-        self._caller = Aligner(caller_text)
-        self._normalized = Aligner(lambda chunk: chunk.text)
+        self._rate = SPEECH_CHARS_PER_SECOND  # normalized characters per second of audio
+        self._index: int | None = None  # the chunk being spoken
+        self._spoken_s = 0.0
+        self._caller = _Words("")
+        self._normalized = _Words("")
 
     def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Alignments:
-        return Alignments(self._caller.align(seconds, chunk, chunk_ends),
-                          self._normalized.align(seconds, chunk, chunk_ends))
+        """The characters due with `seconds` of `chunk`'s audio (none for an encoder's held-back tail, whose
+        chunk's characters went with the chunk)."""
+        if chunk is None:
+            return Alignments(None, None)
+        self._follow(chunk)
+        self._spoken_s += seconds
+        if chunk_ends:
+            self._learn_rate()
+            return self._alignments(self._caller.rest(), self._normalized.rest(), seconds)
+        spoken = self._spoken_s * self._rate / max(1, self._normalized.chars)
+        if not (self._caller.has_started(spoken) and self._normalized.has_started(spoken)):
+            return Alignments(None, None)
+        return self._alignments(self._caller.started(spoken), self._normalized.started(spoken), seconds)
 
     def finish_chunk(self, chunk: TextChunk) -> Alignments:
-        return Alignments(self._caller.finish_chunk(chunk), self._normalized.finish_chunk(chunk))
+        """`chunk`'s audio is over: the characters not sent yet are due now, at no duration (all of them for a
+        chunk that had no audio, having nothing to speak; the rest of one whose last audio was not marked)."""
+        self._follow(chunk)
+        return self._alignments(self._caller.rest(), self._normalized.rest(), 0.0)
+
+    @staticmethod
+    def _alignments(caller: str, normalized: str, seconds: float) -> Alignments:
+        return Alignments(Alignment(caller, seconds) if caller else None,
+                          Alignment(normalized, seconds) if normalized else None)
+
+    def _follow(self, chunk: TextChunk) -> None:
+        if chunk.index != self._index:
+            self._index = chunk.index
+            self._spoken_s = 0.0
+            self._caller, self._normalized = _Words(chunk.source), _Words(chunk.text)
+
+    def _learn_rate(self) -> None:
+        if self._spoken_s > 0 and self._normalized.chars:
+            self._rate = (self._rate + self._normalized.chars / self._spoken_s) / 2

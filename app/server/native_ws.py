@@ -17,7 +17,6 @@ from app.server.core.close_codes import NORMAL_CLOSURE
 from app.server.core.connection import Connection
 from app.server.core.context import Framing, StatsSource, StreamContext
 from app.server.core.outbox import Payload
-from app.server.core.pipeline import caller_text
 from app.server.core.services import Services
 from app.server.core.spec import CHUNK_SIZE_RANGE, ContextSpec
 from app.text.chunker import TextChunk
@@ -32,7 +31,7 @@ class NativeFraming(Framing):
         self.channel = channel
 
     def chunk_started(self, chunk: TextChunk) -> Payload:
-        return p.chunk_started_event(self.context_id, chunk.index, caller_text(chunk))
+        return p.chunk_started_event(self.context_id, chunk.index, chunk.source)
 
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
         return p.audio_frame(self.channel, data)

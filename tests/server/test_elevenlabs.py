@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
 import re
 import shutil
@@ -21,7 +20,6 @@ from websockets.exceptions import ConnectionClosed
 from app.audio.encode import StreamEncoder, decode_audio
 from app.engine.types import GenerationSettings
 from app.server.elevenlabs import ElevenLabsError, generation_settings
-from app.text.chunker import TextChunk
 from app.text.normalize import normalize_stream
 from audio_checks import mulaw_expand, sine, sound_file
 from fake_engines import ToneEngine
@@ -169,8 +167,6 @@ async def test_single_stream_speaks_the_pieces_then_sends_is_final_and_closes(se
     assert socket.chars().strip() == spoken(TEXT)  # every character aligned once, in order
 
 
-# The caller's text as the chunker's `source` spans (the text branch); before them, transcripts are normalized.
-CHUNKS_CARRY_SOURCE = "source" in {field.name for field in dataclasses.fields(TextChunk)}
 FIDELITY_TEXT = "It's 3:30 p.m. --help https://x.io Wait..."
 
 
@@ -179,7 +175,6 @@ def llm_tokens(text: str) -> list[str]:
     return re.findall(r" ?[A-Za-z']+| ?[0-9]+| ?[^A-Za-z0-9\s]|\s+", text)
 
 
-@pytest.mark.xfail(not CHUNKS_CARRY_SOURCE, strict=True, reason="needs TextChunk.source (the text branch)")
 async def test_alignment_is_the_callers_text_character_for_character(server):
     tokens = llm_tokens(FIDELITY_TEXT)
     assert "".join(tokens) == FIDELITY_TEXT
@@ -205,8 +200,8 @@ async def test_a_chunk_with_nothing_to_speak_still_has_its_characters_aligned(se
         assert await socket.until_closed() == 1000
     silent = [m for m in socket.messages if m.get("audio") == ""]
     assert silent and all(m["alignment"]["charDurationsMs"] == [0] * len(m["alignment"]["chars"]) for m in silent)
-    for field in ("alignment", "normalizedAlignment"):
-        assert socket.chars(field=field).strip() == spoken("Hello there ?!")
+    assert socket.chars() == " Hello there ?!"
+    assert socket.chars(field="normalizedAlignment").strip() == spoken("Hello there ?!")
 
 
 async def test_every_pcm_rate_carries_the_same_audio(server):

@@ -231,7 +231,7 @@ class Connection:
         voice = await self.services.voices.conditionals(spec.voice)  # a VoiceError is a ClientError
         serial = self._next_serial
         self._next_serial += 1
-        context = StreamContext(self, spec, serial, voice, spec.chunk_size or runtime.chunk_size, encoder,
+        context = StreamContext(self, spec, serial, voice, runtime.chunker_config(spec.chunk_size), encoder,
                                 framing(serial))
         self.contexts[context_id] = context
         if self.key is not None:

@@ -72,7 +72,7 @@ class Framing:
 # ---- one context --------------------------------------------------------------------------------------------
 
 class StreamContext:
-    def __init__(self, connection: Connection, spec: ContextSpec, serial: int, voice: Any, chunk_size: int,
+    def __init__(self, connection: Connection, spec: ContextSpec, serial: int, voice: Any, chunking: ChunkerConfig,
                  encoder: AudioEncoder, framing: Framing):
         self.connection = connection
         self.services = connection.services
@@ -80,7 +80,7 @@ class StreamContext:
         self.serial = serial  # unique on the connection: names its engine requests
         self.spec = spec
         self.framing = framing
-        self.chunker = AdaptiveChunker(ChunkerConfig(chunk_size=chunk_size))
+        self.chunker = AdaptiveChunker(chunking)
         self.encoder = encoder
         sample_bytes = max(1, encoder.bytes_per_second // encoder.sample_rate)  # 1 for compressed streams
         frame_bytes = round(encoder.bytes_per_second * framing.frame_seconds)

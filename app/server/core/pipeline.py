@@ -30,13 +30,6 @@ from app.text.chunker import TextChunk
 SPEECH_CHARS_PER_SECOND = 15.0  # rough speaking rate, to estimate when not-yet-synthesized audio will play
 
 
-def caller_text(chunk: TextChunk) -> str:
-    """The caller's own characters for `chunk`: what every transcript a client reads carries (the normalized
-    `chunk.text` is what the model hears). The chunker's `source` span; the normalized text where a chunker
-    without it runs."""
-    return getattr(chunk, "source", chunk.text)
-
-
 class ChunkJob:
     """One text chunk: its engine request and the PCM pieces received so far (in order, `None` at the end)."""
 

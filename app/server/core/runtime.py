@@ -10,6 +10,7 @@ keeps the gauge and wakes a waiting drain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from app.errors import ClientError
 from app.metrics import Metrics
 from app.server.core.close_codes import GOING_AWAY
 from app.server.core.quota import KeyUsage
+from app.text.chunker import ChunkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,11 @@ class ActiveStream:
 
 
 class Runtime:
-    def __init__(self, chunk_size: int, metrics: Metrics):
+    def __init__(self, chunking: ChunkerConfig, metrics: Metrics):
         self.ready = False
         self.not_ready_reason = "warming up"
         self.draining = False
-        self.chunk_size = chunk_size  # default for new contexts; POST /configure-streaming changes it
+        self.chunking = chunking  # for new contexts; POST /configure-streaming changes its chunk_size
         self.connections: set[Closable] = set()
         # Sockets still waiting for their first message's API key: a pool apart, so they take no slot of
         # `connections` from clients that authenticated.
@@ -58,6 +60,18 @@ class Runtime:
         self.streams: set[ActiveStream] = set()
         self._metrics = metrics
         self._streams_changed = asyncio.Event()
+
+    @property
+    def chunk_size(self) -> int:
+        return self.chunking.chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, chunk_size: int) -> None:
+        self.chunking = dataclasses.replace(self.chunking, chunk_size=chunk_size)
+
+    def chunker_config(self, chunk_size: int | None = None) -> ChunkerConfig:
+        """The rules for a new context: the server's, with the context's own chunk size if it chose one."""
+        return dataclasses.replace(self.chunking, chunk_size=chunk_size or self.chunk_size)
 
     def mark_ready(self) -> None:
         self.ready = True

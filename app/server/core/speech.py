@@ -35,7 +35,7 @@ from app.server.core.pipeline import AudioPiece, ChunkJob, ChunkPipeline, Marker
 from app.server.core.runtime import SERVICE_UNAVAILABLE, ActiveStream
 from app.server.core.services import Services
 from app.server.core.spec import UNPROCESSABLE
-from app.text.chunker import AdaptiveChunker, ChunkerConfig, TextChunk
+from app.text.chunker import AdaptiveChunker, TextChunk
 from app.voices.library import DEFAULT_VOICE_ID
 
 # The whole text is known up front: tell the chunker the listener is well supplied, so after the first chunk
@@ -368,7 +368,7 @@ class SpeechService:
         return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings, client)
 
     def _chunks(self, text: str) -> list[TextChunk]:
-        chunker = AdaptiveChunker(ChunkerConfig(chunk_size=self.services.runtime.chunk_size))
+        chunker = AdaptiveChunker(self.services.runtime.chunking)
         now = time.monotonic()
         return chunker.push(text, now, WHOLE_TEXT_BUFFER_S) + chunker.end()
 
