@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from app.engine.chatterbox.model_names import MODEL_KINDS
 from app.engine.types import MAX_PROMPT_TOKENS
 from app.text.chunker import ChunkerConfig
 
@@ -42,8 +43,15 @@ class Settings:
     # engine
     engine: str = _opt("espeak", "Which engine serves: `chatterbox` (the model) or `espeak` (light CPU engine).",
                        ("chatterbox", "espeak"))
-    checkpoint: str = _opt("hub", "Chatterbox weights: `hub` (ResembleAI/chatterbox from the model hub) or a "
-                                  "local directory in the official layout.")
+    models: str = _opt("standard", "Models to serve, comma-separated: `standard`, `turbo`, `multilingual`; a "
+                                   "client picks one per context (the espeak engine stands in for each name).")
+    default_model: str = _opt("", "The model for clients that name none (default: the first of `--models`).")
+    checkpoint: str = _opt("hub", "Standard Chatterbox weights: `hub` (ResembleAI/chatterbox from the model hub) or "
+                                  "a local directory in the official layout.")
+    turbo_checkpoint: str = _opt("hub", "Chatterbox-Turbo weights: `hub` (ResembleAI/chatterbox-turbo) or a local "
+                                        "directory in its official layout.")
+    multilingual_checkpoint: str = _opt("hub", "Multilingual Chatterbox weights: `hub` (ResembleAI/chatterbox) or a "
+                                               "local directory in its official layout.")
     device: str = _opt("auto", "`auto` (cuda when present, else cpu), `cuda`, `cuda:N` or `cpu`.")
     dtype: str = _opt("auto", "`auto` (bfloat16 on CUDA, float32 on CPU), `float32`, `bfloat16`, `float16`.",
                       ("auto", "float32", "bfloat16", "float16"))
@@ -194,7 +202,22 @@ def chunker_config(s: Settings) -> ChunkerConfig:
                          sentence_hold_tokens=s.sentence_hold_tokens)
 
 
+def model_list(s: Settings) -> tuple[str, ...]:
+    """`--models` as names, in order, without repeats."""
+    return tuple(dict.fromkeys(name.strip() for name in s.models.split(",") if name.strip()))
+
+
+def default_model(s: Settings) -> str:
+    return s.default_model or model_list(s)[0]
+
+
 def validate_settings(s: Settings) -> None:
+    models = model_list(s)
+    unknown = [name for name in models if name not in MODEL_KINDS]
+    if not models or unknown:
+        raise ValueError(f"models must name some of {', '.join(MODEL_KINDS)}, not {s.models!r}")
+    if default_model(s) not in models:
+        raise ValueError(f"default_model {s.default_model!r} is not among the models {', '.join(models)}")
     for f in fields(Settings):
         choices = f.metadata["choices"]
         if choices and getattr(s, f.name) not in choices:

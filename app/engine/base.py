@@ -55,6 +55,11 @@ class Engine(ABC):
     def load_voice(self, path: str) -> Any:
         """Read conditionals written by `save_voice`."""
 
+    @property
+    def voice_key(self) -> str:
+        """Names the format of this engine's saved voices: the voice library keeps one folder per key."""
+        return self.info.name
+
     def warmup(self) -> None:
         """Compile and capture whatever the engine needs before it is ready; default: nothing."""
 

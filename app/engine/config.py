@@ -6,11 +6,12 @@ arguments, so a setting has one name and one meaning from the command line to th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from app.engine.types import MAX_PROMPT_TOKENS, MAX_TOKENS, EngineRequest
-from app.settings import Settings
+from app.settings import Settings, default_model, model_list
 
 # The KV cache is preallocated for every row: 64 full-size streams in float32 would need ~48 GB of host memory,
 # and a CPU cannot step more than a few streams in real time anyway.
@@ -20,7 +21,10 @@ CPU_MAX_BATCH = 4
 @dataclass(frozen=True)
 class EngineConfig:
     engine: str = "chatterbox"
-    checkpoint: str = "hub"
+    model: str = "standard"  # the model this engine serves (`for_model`)
+    checkpoint: str = "hub"  # that model's weights
+    models: tuple[str, ...] = ("standard",)  # every model the server loads, the default first
+    checkpoints: tuple[tuple[str, str], ...] = (("standard", "hub"),)  # (model, weights) for each
     device: str = "cpu"
     dtype: str = "float32"
     max_batch: int = 64  # streams decoded together
@@ -40,13 +44,20 @@ class EngineConfig:
         device = settings.resolved_device
         max_batch = settings.max_batch_size if device.startswith("cuda") else min(settings.max_batch_size,
                                                                                   CPU_MAX_BATCH)
-        return cls(engine=settings.engine, checkpoint=settings.checkpoint, device=device,
+        models = (default_model(settings), *(m for m in model_list(settings) if m != default_model(settings)))
+        checkpoints = {"standard": settings.checkpoint, "turbo": settings.turbo_checkpoint,
+                       "multilingual": settings.multilingual_checkpoint}
+        return cls(engine=settings.engine, model=models[0], checkpoint=checkpoints[models[0]], models=models,
+                   checkpoints=tuple((model, checkpoints[model]) for model in models), device=device,
                    dtype=settings.resolved_dtype, max_batch=max_batch, max_new_tokens=settings.max_new_tokens,
                    cfm_steps=settings.cfm_steps, s3gen_left_context=settings.s3gen_left_context,
                    s3gen_prompt_tokens=settings.s3gen_prompt_tokens,
                    first_audio_tokens=settings.first_audio_tokens, audio_chunk_tokens=settings.audio_chunk_tokens,
                    enable_optimizations=settings.enable_optimizations, compile_mode=settings.compile_mode,
                    watermark=settings.watermark, synthetic_tokens_per_char=settings.synthetic_tokens_per_char)
+
+    def for_model(self, model: str) -> EngineConfig:
+        return dataclasses.replace(self, model=model, checkpoint=dict(self.checkpoints)[model])
 
     @property
     def on_cuda(self) -> bool:

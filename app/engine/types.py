@@ -114,6 +114,7 @@ class EngineRequest:
     client: str = ""
     # Benchmarks only, never set from a client message: exactly this many speech tokens, stop token ignored.
     fixed_tokens: int | None = None
+    model: str = ""  # which loaded model speaks it ("": the server's default)
 
 
 @dataclass

@@ -120,7 +120,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     warmup: asyncio.Task | None = None
     try:
         state.voices = VoiceLibrary(
-            root=Path(settings.voices_dir), engine_key=engine.info.name, max_upload_bytes=settings.max_upload_bytes,
+            root=Path(settings.voices_dir), engine_key=engine.voice_key, max_upload_bytes=settings.max_upload_bytes,
             embed=lambda wav, sample_rate: worker.call(engine.embed_voice, wav, sample_rate),
             save=engine.save_voice, load=engine.load_voice, default_voice=await worker.call(engine.default_voice))
         warmup = asyncio.create_task(_warm_up(state))  # /health answers (and /ready says 503) meanwhile

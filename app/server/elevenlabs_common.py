@@ -28,8 +28,28 @@ MAX_SEED = 4_294_967_295
 # Our error codes as theirs; the close code (WebSockets) is 1008 unless CLOSE_CODES says otherwise.
 _ERROR_NAMES = {"too_many_contexts": "max_active_conversations", "unknown_voice": "voice_not_found",
                 "invalid_voice_name": "voice_not_found", "bad_json": "invalid_input_message",
-                "bad_request": "invalid_input_message"}
+                "bad_request": "invalid_input_message", "unknown_model": "model_not_found"}
 CLOSE_CODES = {"engine_error": INTERNAL_ERROR, "internal_error": INTERNAL_ERROR, "shutting_down": GOING_AWAY}
+
+
+# Their model ids as the model that fits them best here. A model that is not served falls back to the server's
+# default, so the model_id a framework sends by default works on any server; our own names (which a client only
+# sends on purpose) must be served.
+_THEIR_MODELS = {"eleven_flash_v2_5": "turbo", "eleven_flash_v2": "turbo", "eleven_turbo_v2_5": "turbo",
+                 "eleven_turbo_v2": "turbo", "eleven_multilingual_v2": "multilingual",
+                 "eleven_multilingual_v1": "multilingual", "eleven_v3": "multilingual",
+                 "eleven_monolingual_v1": "standard", "eleven_english_sts_v2": "standard"}
+_OUR_MODELS = {"chatterbox": "standard", "chatterbox-turbo": "turbo", "chatterbox-multilingual": "multilingual"}
+
+
+def model_for(model_id: Any, served: tuple[str, ...]) -> str:
+    """Our model name for their `model_id` ("": the server's default)."""
+    if not isinstance(model_id, str) or not model_id:
+        return ""
+    if model_id in _OUR_MODELS:
+        return _OUR_MODELS[model_id]
+    preferred = _THEIR_MODELS.get(model_id, "")
+    return preferred if preferred in served else ""
 
 
 def is_under_their_prefix(path: str) -> bool:
@@ -230,8 +250,9 @@ class TranscriptAligner:
     chunks: a word goes with the first message during which it is estimated to start (by the fraction of the
     chunk spoken, the same for both texts), and the chunk's last message takes every word left (or
     `finish_chunk` does, when its end was not marked). A message with audio carries both texts or neither
-    (each text keeps its last word for the chunk's end), so one transcript never runs ahead of the other. Within a message its characters share its duration evenly, so a
-    message's timings start at 0 and end at its own length, and every character is sent exactly once, in order.
+    (each text keeps its last word for the chunk's end), so one transcript never runs ahead of the other. Within
+    a message its characters share its duration evenly, so a message's timings start at 0 and end at its own
+    length, and every character is sent exactly once, in order.
     """
 
     def __init__(self) -> None:

@@ -40,6 +40,7 @@ from app.server.elevenlabs_common import (
     OutputFormat,
     TranscriptAligner,
     generation_settings,
+    model_for,
 )
 from app.server.http_common import (
     ClosingStreamingResponse,
@@ -54,7 +55,7 @@ UNAUTHORIZED = 401
 NOT_FOUND = 404
 _TEXT_NORMALIZATION = ("auto", "on", "off")
 # Their HTTP statuses for our codes where a 400 would mislead.
-_THEIR_STATUS = {"unknown_voice": NOT_FOUND, "invalid_voice_name": NOT_FOUND}
+_THEIR_STATUS = {"unknown_voice": NOT_FOUND, "invalid_voice_name": NOT_FOUND, "unknown_model": NOT_FOUND}
 # Body fields accepted and ignored (docs/elevenlabs.md): other models' features, or continuity hints the
 # chunker has no use for. Unknown fields are ignored too, as their API does.
 _STRING_FIELDS = ("model_id", "language_code", "previous_text", "next_text")
@@ -136,7 +137,7 @@ def _parse(body: dict[str, Any], request: Request, service: SpeechService, max_c
         raise ElevenLabsError("invalid_input", f"seed must be an integer between 0 and {MAX_SEED}")
     settings = generation_settings(body.get("voice_settings"), seed, service.base_generation)
     voice = request.path_params["voice_id"].lower()  # our ids are lower case
-    return SpeechRequest(text, voice, settings)
+    return SpeechRequest(text, voice, settings, model=model_for(body.get("model_id"), service.services.models))
 
 
 def _audio_body(output: OutputFormat, source_rate: int, streamed: bool) -> AudioBody:

@@ -1,7 +1,9 @@
 """POST /v1/audio/speech, compatible with OpenAI's speech API (point an OpenAI SDK's base_url at `/v1`).
 
 Honoured:
-- `model`: tts-1, tts-1-hd, gpt-4o-mini-tts(-2025-12-15) and chatterbox all mean this server's engine.
+- `model`: `chatterbox`, `chatterbox-turbo` and `chatterbox-multilingual` name our models (`unknown_model`, 404,
+  when that model is not served here); OpenAI's own tts-1, tts-1-hd and gpt-4o-mini-tts(-2025-12-15) mean the
+  server's default model.
 - `input`: 1-4096 characters.
 - `voice`: a voice id of this server (a string, or `{"id": ...}`). OpenAI's stock names (alloy, ash, ballad,
   coral, echo, fable, onyx, nova, sage, shimmer, verse, marin, cedar) speak with the "default" voice unless
@@ -43,7 +45,9 @@ from app.server.core.speech import INTERNAL_SERVER_ERROR, AudioBody, FileBody, S
 from app.server.http_common import ClosingStreamingResponse, client_id, json_body_limit, opened, read_json_object
 from app.voices.library import DEFAULT_VOICE_ID, VoiceError
 
-MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15", "chatterbox")
+# Their model names and ours, as our model names ("": the server's default).
+MODELS = {"tts-1": "", "tts-1-hd": "", "gpt-4o-mini-tts": "", "gpt-4o-mini-tts-2025-12-15": "",
+          "chatterbox": "standard", "chatterbox-turbo": "turbo", "chatterbox-multilingual": "multilingual"}
 STOCK_VOICES = frozenset("alloy ash ballad coral echo fable onyx nova sage shimmer verse marin cedar".split())
 FORMATS = ("mp3", "opus", "flac", "wav", "pcm")
 STREAM_FORMATS = ("audio", "sse")
@@ -65,10 +69,10 @@ class OpenAIError(ClientError):
 
 # Our codes as OpenAI's: their name for the code, the request field at fault, and their status where it
 # differs from ours (a bad voice or setting is a bad value in the request: 400).
-_THEIR_CODE = {"bad_json": "invalid_json", "body_too_large": "request_too_large"}
+_THEIR_CODE = {"bad_json": "invalid_json", "body_too_large": "request_too_large", "unknown_model": "model_not_found"}
 _THEIR_PARAM = {"unknown_voice": "voice", "invalid_voice_name": "voice", "nothing_to_speak": "input",
-                "text_too_long": "input"}
-_THEIR_STATUS = {"unknown_voice": 400, "invalid_voice_name": 400, "invalid_settings": 400}
+                "text_too_long": "input", "unknown_model": "model"}
+_THEIR_STATUS = {"unknown_voice": 400, "invalid_voice_name": 400, "invalid_settings": 400, "unknown_model": 404}
 
 
 async def speech(request: Request) -> Response:
@@ -96,7 +100,7 @@ def _parse(body: dict[str, Any], service: SpeechService) -> tuple[SpeechRequest,
         raise OpenAIError(f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0],
                           code="unknown_parameter")
     model = body.get("model")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise OpenAIError(f"The model {model!r} does not exist; use one of {', '.join(MODELS)}", status=404,
                           param="model", code="model_not_found")
     text = body.get("input")
@@ -118,7 +122,8 @@ def _parse(body: dict[str, Any], service: SpeechService) -> tuple[SpeechRequest,
                           code="invalid_value")
     speed = _speed(body.get("speed", 1.0))
     settings = generation_from_fields(body, service.base_generation)
-    return SpeechRequest(text, _voice_id(body.get("voice"), service), settings), fmt, speed, stream_format
+    request = SpeechRequest(text, _voice_id(body.get("voice"), service), settings, model=MODELS[model])
+    return request, fmt, speed, stream_format
 
 
 def _voice_id(voice: Any, service: SpeechService) -> str:

@@ -33,6 +33,7 @@ from app.server.core.spec import (
     GENERATION_FIELDS,
     PRIORITY_RANGE,
     UNPROCESSABLE,
+    check_model_name,
     generation_from_fields,
     priority_in_range,
 )
@@ -47,7 +48,7 @@ from app.server.http_common import (
 )
 from app.voices.library import DEFAULT_VOICE_ID
 
-_FIELDS = frozenset({"text", "voice", "streaming", "priority", "enable_batching", "response_format"}
+_FIELDS = frozenset({"text", "voice", "model", "streaming", "priority", "enable_batching", "response_format"}
                     | GENERATION_FIELDS)
 
 
@@ -96,7 +97,8 @@ def _parse(body: dict[str, Any], base: GenerationSettings, max_chars: int
     if fmt not in FILE_FORMATS:
         raise invalid(f"`response_format` must be one of {', '.join(FILE_FORMATS)}")
     settings = generation_from_fields(body, base)
-    return SpeechRequest(text, voice, settings, priority), fmt, body.get("streaming", False)
+    model = check_model_name(body.get("model", ""))
+    return SpeechRequest(text, voice, settings, priority, model), fmt, body.get("streaming", False)
 
 
 routes = [Route("/synthesize", synthesize, methods=["POST"])]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -228,6 +229,7 @@ class Connection:
                                                    "contexts per connection")
         if self.key is not None:
             self.key.check_context()
+        spec = dataclasses.replace(spec, model=self.services.resolve_model(spec.model))
         voice = await self.services.voices.conditionals(spec.voice)  # a VoiceError is a ClientError
         serial = self._next_serial
         self._next_serial += 1

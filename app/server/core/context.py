@@ -88,7 +88,8 @@ class StreamContext:
         self.times = ContextTimes()
         self.clock = PlaybackClock()
         self.pipeline = ChunkPipeline(self.services, f"{connection.id}-{serial}", voice, spec.generation,
-                                      spec.priority, client=connection.id, quota=connection.quota)
+                                      spec.priority, client=connection.id, quota=connection.quota,
+                                      model=spec.model)
         # A drain waits for the context; past its deadline the connection's 1001 close ends it.
         self._stream = self.services.runtime.open_stream(stop=lambda: None)
         self._waiting: deque[tuple[float, float]] = deque()  # (queued at, seconds) of frames not yet sent

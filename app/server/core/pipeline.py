@@ -127,13 +127,14 @@ class PipelineSink(Protocol[T]):
 
 
 class ChunkPipeline:
-    """The chunks of one reply, spoken with one voice, settings and priority; engine request ids are
+    """The chunks of one reply, spoken with one voice, model, settings and priority; engine request ids are
     `{request_prefix}-{chunk index}`. `client` names who asks (the engine shares its rows fairly across
     clients); with a `quota`, requests beyond the client's running limit wait there for their turn."""
 
     def __init__(self, services: Services, request_prefix: str, voice: Any, settings: GenerationSettings,
-                 priority: int, client: str = "", quota: RequestQuota | None = None):
+                 priority: int, client: str = "", quota: RequestQuota | None = None, model: str = ""):
         self.services = services
+        self.model = model
         self.client = client
         self.quota = quota
         self.request_prefix = request_prefix
@@ -220,7 +221,7 @@ class ChunkPipeline:
         return EngineRequest(
             request_id=f"{self.request_prefix}-{chunk.index}", text=chunk.speak_text, voice=self.voice,
             settings=self.settings, priority=self.priority, deadline=self._deadline(now, buffered_s),
-            first_in_context=self._released == 0, arrival=now, client=self.client)
+            first_in_context=self._released == 0, arrival=now, client=self.client, model=self.model)
 
     def _deadline(self, now: float, buffered_s: float) -> float:
         """When the listener runs dry if this chunk has no audio by then: after the audio it has and the

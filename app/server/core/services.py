@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.types import GenerationSettings
+from app.engine.types import EngineInfo, GenerationSettings
 from app.engine.worker import EngineWorker
+from app.errors import ClientError
 from app.metrics import Metrics
 from app.server.core.runtime import Runtime
-from app.settings import Settings
+from app.settings import Settings, default_model
 from app.voices.library import VoiceLibrary
 
 
@@ -23,10 +24,34 @@ class Services:
     voices: VoiceLibrary
     metrics: Metrics
     base_generation: GenerationSettings
+    models: tuple[str, ...]  # the loaded models, the default first
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    def resolve_model(self, name: str) -> str:
+        """The loaded model a client's name means ("": the default); `unknown_model` otherwise."""
+        if not name:
+            return self.default_model
+        if name not in self.models:
+            raise ClientError("unknown_model", f"model {name!r} is not served here; models: "
+                                               f"{', '.join(self.models)}")
+        return name
 
     @classmethod
     def from_state(cls, state: Any) -> Services:
         return cls(settings=state.settings, runtime=state.runtime, worker=state.worker,
                    engine_info=state.engine_info.as_dict(), sample_rate=state.engine_info.sample_rate,
                    voices=state.voices, metrics=state.metrics,
-                   base_generation=GenerationSettings(max_new_tokens=state.settings.max_new_tokens))
+                   base_generation=GenerationSettings(max_new_tokens=state.settings.max_new_tokens),
+                   models=served_models(state.engine_info, state.settings))
+
+
+def served_models(info: EngineInfo, settings: Settings) -> tuple[str, ...]:
+    """The models the engine serves, the default first (an engine serving one model does not list it)."""
+    models = info.details.get("models")
+    if not models:
+        return (default_model(settings),)
+    default = info.details["default_model"]
+    return (default, *(model for model in models if model != default))

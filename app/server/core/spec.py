@@ -27,15 +27,25 @@ GENERATION_FIELDS = frozenset({"exaggeration", "cfg_weight", "temperature", "top
 
 @dataclass(frozen=True)
 class ContextSpec:
-    """One context: who speaks (`voice`), how (`generation`), in what text chunks (`chunk_size`, None for the
-    server's current default) and how urgently (`priority`, higher first). The output encoding is the
-    adapter's (it builds the encoder), since each protocol names its formats differently."""
+    """One context: who speaks (`voice`) with which model (`model`, "" for the server's default), how
+    (`generation`), in what text chunks (`chunk_size`, None for the server's current default) and how urgently
+    (`priority`, higher first). The output encoding is the adapter's (it builds the encoder), since each
+    protocol names its formats differently."""
 
     context_id: str
     voice: str = DEFAULT_VOICE_ID
     generation: GenerationSettings = GenerationSettings()
     chunk_size: int | None = None
     priority: int = 0
+    model: str = ""
+
+
+def check_model_name(value: Any) -> str:
+    """A model name as a client sends it (a string, checked against the loaded models by `Services`)."""
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+        raise ClientError("bad_request", f"model must be a string of at most {MAX_ID_CHARS} characters",
+                          UNPROCESSABLE)
+    return value
 
 
 def is_int(value: Any) -> bool:

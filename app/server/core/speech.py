@@ -16,6 +16,7 @@ engine; a miss is stored once its synthesis completed. Unseeded requests never t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 import uuid
@@ -51,6 +52,7 @@ class SpeechRequest:
     voice: str = DEFAULT_VOICE_ID
     settings: GenerationSettings = GenerationSettings()
     priority: int = 0
+    model: str = ""  # "" for the server's default
 
 
 # ---- response bodies ----------------------------------------------------------------------------------------
@@ -262,7 +264,8 @@ class Speech:
     def _start(self) -> None:
         services = self.services
         self._pipeline = ChunkPipeline(services, f"http-{uuid.uuid4().hex[:12]}", self.conditionals,
-                                       self.request.settings, self.request.priority, client=self.client)
+                                       self.request.settings, self.request.priority, client=self.client,
+                                       model=self.request.model)
         now = time.monotonic()
         for chunk in self.chunks:
             self._pipeline.release(chunk, now)
@@ -352,6 +355,7 @@ class SpeechService:
         refusal = self.services.runtime.refusal()
         if refusal is not None:
             raise refusal
+        request = dataclasses.replace(request, model=self.services.resolve_model(request.model))
         record = self.services.voices.get(request.voice)
         conditionals = await self.services.voices.conditionals(request.voice)
         # A chunk with nothing to speak (bare punctuation) stays: no engine request, but its characters are
@@ -363,7 +367,8 @@ class SpeechService:
         key = None
         if is_cacheable(request.settings) and self.cache.enabled:
             spoken = "\n".join(chunk.speak_text for chunk in chunks)  # exactly what the engine is given
-            key = cache_key(spoken, record.id, record.hash, request.settings, audio.cache_name, OUTPUT_RATE)
+            key = cache_key(spoken, record.id, record.hash, request.settings, audio.cache_name, OUTPUT_RATE,
+                            extra=request.model)
         timings = SpeechTimings(received=received, sample_rate=self.services.sample_rate)
         return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings, client)
 

@@ -7,6 +7,7 @@ import asyncio
 
 from app.metrics import Metrics
 from app.server.core.runtime import Runtime
+from app.text.chunker import ChunkerConfig
 
 
 class FakeConnection:
@@ -22,7 +23,7 @@ def active_streams(metrics: Metrics) -> float:
 
 
 def test_refusal_names_warming_up_then_nothing_then_shutting_down():
-    runtime = Runtime(chunk_size=50, metrics=Metrics())
+    runtime = Runtime(ChunkerConfig(), metrics=Metrics())
     assert (runtime.refusal().code, runtime.refusal().status) == ("warming_up", 503)
     runtime.mark_ready()
     assert runtime.refusal() is None
@@ -32,7 +33,7 @@ def test_refusal_names_warming_up_then_nothing_then_shutting_down():
 
 def test_a_stream_counts_once_however_often_it_is_closed():
     metrics = Metrics()
-    runtime = Runtime(chunk_size=50, metrics=metrics)
+    runtime = Runtime(ChunkerConfig(), metrics=metrics)
     first, second = runtime.open_stream(stop=lambda: None), runtime.open_stream(stop=lambda: None)
     assert (runtime.open_contexts, active_streams(metrics)) == (2, 2)
     first.close()
@@ -43,7 +44,7 @@ def test_a_stream_counts_once_however_often_it_is_closed():
 
 
 async def test_drain_returns_when_the_last_stream_closes_without_stopping_it():
-    runtime = Runtime(chunk_size=50, metrics=Metrics())
+    runtime = Runtime(ChunkerConfig(), metrics=Metrics())
     stopped: list[str] = []
     stream = runtime.open_stream(stop=lambda: stopped.append("stopped"))
     connection = FakeConnection()
@@ -57,7 +58,7 @@ async def test_drain_returns_when_the_last_stream_closes_without_stopping_it():
 
 
 async def test_drain_past_its_deadline_stops_what_is_still_open():
-    runtime = Runtime(chunk_size=50, metrics=Metrics())
+    runtime = Runtime(ChunkerConfig(), metrics=Metrics())
     stopped: list[str] = []
     runtime.open_stream(stop=lambda: stopped.append("stopped"))
     await asyncio.wait_for(runtime.drain(timeout_s=0.05), 2)
