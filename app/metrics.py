@@ -25,8 +25,8 @@ class Metrics:
         r = self.registry
         self.ttfa = Histogram("chatterbox_ttfa_seconds",
                               "Time from a context's first text to its first audio byte handed to the socket.",
-                              buckets=_TTFA_BUCKETS, registry=r)
-        self.rtf = Histogram("chatterbox_rtf", "Per text chunk: synthesis wall time / audio duration.",
+                              ["model"], buckets=_TTFA_BUCKETS, registry=r)
+        self.rtf = Histogram("chatterbox_rtf", "Per text chunk: synthesis wall time / audio duration.", ["model"],
                              buckets=_RTF_BUCKETS, registry=r)
         self.active_streams = Gauge("chatterbox_active_streams", "Contexts currently open (speaking or waiting).",
                                     registry=r)
@@ -36,7 +36,8 @@ class Metrics:
                                  registry=r)
         self.batch_size = Histogram("chatterbox_batch_size", "Requests that produced output in one engine step.",
                                     buckets=_BATCH_BUCKETS, registry=r)
-        self.speech_tokens = Counter("chatterbox_speech_tokens", "Speech tokens generated.", registry=r)
+        self.speech_tokens = Counter("chatterbox_speech_tokens", "Speech tokens generated.", ["model"], registry=r)
+        self.chunks = Counter("chatterbox_chunks", "Text chunks synthesized.", ["model"], registry=r)
         self.cache_hits = Counter("chatterbox_cache_hits", "Response-cache hits.", registry=r)
         self.cache_misses = Counter("chatterbox_cache_misses", "Response-cache misses.", registry=r)
         self.compile_seconds = Gauge("chatterbox_compile_seconds", "Seconds spent compiling at warm-up.",

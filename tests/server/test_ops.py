@@ -34,9 +34,9 @@ async def test_metrics_and_status_reflect_a_stream(server_factory):
         done = await session.speak("m", "Counting what happens. Twice over.")
     assert server.get("/metrics").headers["content-type"].startswith("text/plain")
     values = metric_samples(server)
-    assert values["chatterbox_ttfa_seconds_count"] == 1
-    assert values["chatterbox_rtf_count"] >= 1
-    assert values["chatterbox_speech_tokens_total"] > 0
+    assert values["chatterbox_ttfa_seconds_count{model=standard}"] == 1
+    assert values["chatterbox_rtf_count{model=standard}"] >= 1
+    assert values["chatterbox_speech_tokens_total{model=standard}"] > 0
     assert values["chatterbox_batch_size_count"] > 0
     assert values["chatterbox_errors_total{code=bad_json}"] == 1
     assert values["chatterbox_underruns_total"] == done["stats"]["underruns"]  # the only stream so far

@@ -170,7 +170,7 @@ def test_a_seeded_repeat_is_served_from_the_cache_without_engine_work(server):
     assert after_first["chatterbox_cache_misses_total"] == before["chatterbox_cache_misses_total"] + 1
     assert after_first["chatterbox_batch_size_count"] > before["chatterbox_batch_size_count"]
     assert after_second["chatterbox_cache_hits_total"] == after_first["chatterbox_cache_hits_total"] + 1
-    for engine_work in ("chatterbox_batch_size_count", "chatterbox_speech_tokens_total"):
+    for engine_work in ("chatterbox_batch_size_count", "chatterbox_speech_tokens_total{model=standard}"):
         assert after_second[engine_work] == after_first[engine_work]
     # Another format, seed or setting is another entry.
     for variant in ({"response_format": "wav"}, {"seed": 1235}, {"exaggeration": 0.7}):
@@ -189,7 +189,8 @@ def test_unseeded_requests_never_touch_the_cache(server):
     for counter in ("chatterbox_cache_hits_total", "chatterbox_cache_misses_total"):
         assert after[counter] == before[counter]
     assert after["chatterbox_batch_size_count"] > before["chatterbox_batch_size_count"]
-    assert after["chatterbox_speech_tokens_total"] >= before["chatterbox_speech_tokens_total"] + 2 * 25
+    tokens = "chatterbox_speech_tokens_total{model=standard}"
+    assert after[tokens] >= before[tokens] + 2 * 25
 
 
 def test_metrics_parse_and_name_everything_the_helpers_list(server):
@@ -200,7 +201,8 @@ def test_metrics_parse_and_name_everything_the_helpers_list(server):
     samples = metric_samples(server)
     for name in HELPERS_METRICS:
         assert any(sample == name or sample.startswith((name + "_", name + "{")) for sample in samples), name
-    assert samples["chatterbox_ttfa_seconds_count"] >= 1 and samples["chatterbox_rtf_count"] >= 1
+    assert samples["chatterbox_ttfa_seconds_count{model=standard}"] >= 1
+    assert samples["chatterbox_rtf_count{model=standard}"] >= 1
     assert samples["chatterbox_active_streams"] == 0
     assert samples[unknown_voice] == errors_before + 1
 

@@ -286,7 +286,7 @@ class StreamContext:
         times.audio_s += seconds
         if self.times.first_audio is None:
             self.times.first_audio = now
-            self.services.metrics.ttfa.observe(now - (self.times.first_text or now))
+            self.services.metrics.ttfa.labels(self.spec.model).observe(now - (self.times.first_text or now))
         if self.clock.on_frame(now, seconds, times.first_text):
             self.services.metrics.underruns.inc()
 

@@ -230,8 +230,10 @@ class ChunkPipeline:
 
     def _chunk_done(self, job: ChunkJob) -> None:
         metrics = self.services.metrics
-        metrics.speech_tokens.inc(job.speech_tokens)
+        metrics.speech_tokens.labels(self.model).inc(job.speech_tokens)
+        if job.chunk.speak_text.strip():
+            metrics.chunks.labels(self.model).inc()
         synthesis_s = job.times.synthesis_s
         if synthesis_s is not None and job.emitted_s > 0:
-            metrics.rtf.observe(synthesis_s / job.emitted_s)
+            metrics.rtf.labels(self.model).observe(synthesis_s / job.emitted_s)
         self.pending.remove(job)

@@ -305,7 +305,7 @@ class Speech:
         if timings.first_audio is None:
             timings.first_audio = time.monotonic()
             if self.audio.progressive:  # the client hears it now; a whole-file body's client hears nothing yet
-                self.services.metrics.ttfa.observe(timings.first_audio - timings.received)
+                self.services.metrics.ttfa.labels(self.request.model).observe(timings.first_audio - timings.received)
         timings.audio_samples += piece.pcm.size
         return self.audio.piece(piece)
 
