@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,9 @@ from chatterbox.models.s3tokenizer import SPEECH_VOCAB_SIZE  # real speech codes
 from app.engine.base import Engine
 from app.engine.chatterbox.loader import ChatterboxModels, load_models
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer
+from app.engine.chatterbox.slot_decoder import SlotDecoder
 from app.engine.chatterbox.t3 import T3Decoder
+from app.engine.chatterbox.t3_turbo import TurboT3Decoder
 from app.engine.config import EngineConfig
 from app.engine.scheduler import Scheduler, Sequence
 from app.engine.types import SAMPLE_RATE, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
@@ -47,9 +50,7 @@ class ChatterboxEngine(Engine):
             # tensor cores, as PyTorch already lets convolutions do by default.
             torch.backends.cuda.matmul.allow_tf32 = True
         compile_mode = config.compile_mode if config.optimize else None
-        self.decoder = T3Decoder(models.t3, max_batch=config.max_batch, device=config.device,
-                                 dtype=getattr(torch, config.dtype), enable_cuda_graphs=config.optimize,
-                                 compile_mode=compile_mode)
+        self.decoder = _decoder(models, config, compile_mode)
         # S3Gen: bf16 estimator matmuls where the engine runs bf16 (encoder and vocoder stay float32), CUDA graphs
         # per (batch, window) bucket when optimizing, several streams per flow and vocoder call.
         self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=config.cfm_steps, left_context=config.s3gen_left_context,
@@ -110,8 +111,7 @@ class ChatterboxEngine(Engine):
         return failed
 
     def _free_sequences(self) -> int:
-        rows_per_sequence = 2  # worst case (CFG); the decoder raises no_capacity if it is wrong
-        return self.decoder.free_rows // rows_per_sequence
+        return self.decoder.free_rows // self.decoder.ROWS_PER_STREAM  # the worst case (CFG for the Llama T3)
 
     def _prefill(self, sequence: Sequence) -> None:
         request = sequence.request
@@ -174,7 +174,7 @@ class ChatterboxEngine(Engine):
 
     @torch.inference_mode()
     def embed_voice(self, wav: np.ndarray, sample_rate: int) -> Any:
-        return conditionals_from_wav(self.models, wav, sample_rate, self.device)
+        return conditionals_from_wav(self.models, wav, sample_rate, self.device, REFERENCE_RULES[self.models.model])
 
     def save_voice(self, voice: Any, path: str) -> None:
         voice.save(path)
@@ -208,6 +208,15 @@ class ChatterboxEngine(Engine):
                 "queue_depth": self.scheduler.queue_depth, "running": len(self.scheduler.running)}
 
 
+def _decoder(models: ChatterboxModels, config: EngineConfig, compile_mode: str | None) -> SlotDecoder:
+    """The T3 decode loop of the checkpoint's backbone: GPT-2 for Turbo, Llama for the others."""
+    common: dict[str, Any] = dict(max_batch=config.max_batch, device=config.device, dtype=getattr(torch, config.dtype),
+                                  enable_cuda_graphs=config.optimize, compile_mode=compile_mode)
+    if models.t3.is_gpt:
+        return TurboT3Decoder(models.t3, **common)
+    return T3Decoder(models.t3, **common)
+
+
 def _speech_tokens(sequence: Sequence) -> torch.Tensor:
     """The sequence's tokens S3Gen can voice (upstream drops the start/stop and other non-speech ids too)."""
     return torch.tensor([t for t in sequence.tokens if t < SPEECH_VOCAB_SIZE], dtype=torch.long)
@@ -221,24 +230,58 @@ def _with_exaggeration(cond: Any, exaggeration: float, device: str) -> Any:
                   emotion_adv=exaggeration * torch.ones(1, 1, 1)).to(device=device)
 
 
-def conditionals_from_wav(models: ChatterboxModels, wav: np.ndarray, sample_rate: int, device: str) -> Any:
-    """chatterbox's `prepare_conditionals`, as a pure function of the recording (nothing stored on models)."""
+@dataclass(frozen=True)
+class ReferenceRules:
+    """How a model's `prepare_conditionals` reads a reference recording (upstream's class constants)."""
+
+    t3_seconds: float  # of the reference the T3 prompt tokens come from (ENC_COND_LEN)
+    min_seconds: float = 0.0  # a reference this long or shorter is refused
+    loudness_lufs: float | None = None  # normalised to this first
+
+
+REFERENCE_RULES = {"standard": ReferenceRules(6.0), "multilingual": ReferenceRules(6.0),
+                   "turbo": ReferenceRules(15.0, min_seconds=5.0, loudness_lufs=-27.0)}
+S3GEN_REFERENCE_S = 10.0  # DEC_COND_LEN, the same for every model
+
+
+def conditionals_from_wav(models: ChatterboxModels, wav: np.ndarray, sample_rate: int, device: str,
+                          rules: ReferenceRules = REFERENCE_RULES["standard"]) -> Any:
+    """chatterbox's `prepare_conditionals` (Turbo's with its `rules`), as a pure function of the recording
+    (nothing stored on models)."""
     import librosa
     from chatterbox.models.s3gen import S3GEN_SR
     from chatterbox.models.s3tokenizer import S3_SR
     from chatterbox.models.t3.modules.cond_enc import T3Cond
-    from chatterbox.tts import ChatterboxTTS, Conditionals
+    from chatterbox.tts import Conditionals
 
     wav = np.asarray(wav, dtype=np.float32)
     wav_24k = librosa.resample(wav, orig_sr=sample_rate, target_sr=S3GEN_SR) if sample_rate != S3GEN_SR else wav
+    seconds = len(wav_24k) / S3GEN_SR
+    if seconds <= rules.min_seconds:
+        raise EngineError("reference_too_short", f"this model needs a reference recording longer than "
+                                                 f"{rules.min_seconds:g} s; this one is {seconds:.1f} s")
+    if rules.loudness_lufs is not None:
+        wav_24k = _normalise_loudness(wav_24k, S3GEN_SR, rules.loudness_lufs)
     wav_16k = librosa.resample(wav_24k, orig_sr=S3GEN_SR, target_sr=S3_SR)
-    gen = models.s3gen.embed_ref(wav_24k[: ChatterboxTTS.DEC_COND_LEN], S3GEN_SR, device=device)
+    gen = models.s3gen.embed_ref(wav_24k[: int(S3GEN_REFERENCE_S * S3GEN_SR)], S3GEN_SR, device=device)
     prompt_len = models.t3.hp.speech_cond_prompt_len
-    prompt_tokens, _ = models.s3gen.tokenizer.forward([wav_16k[: ChatterboxTTS.ENC_COND_LEN]], max_len=prompt_len)
+    prompt_tokens, _ = models.s3gen.tokenizer.forward([wav_16k[: int(rules.t3_seconds * S3_SR)]], max_len=prompt_len)
     speaker = torch.from_numpy(models.ve.embeds_from_wavs([wav_16k], sample_rate=S3_SR)).mean(0, keepdim=True)
     t3_cond = T3Cond(speaker_emb=speaker, cond_prompt_speech_tokens=torch.atleast_2d(prompt_tokens),
                      emotion_adv=0.5 * torch.ones(1, 1, 1)).to(device=device)
     return Conditionals(t3_cond, gen)
+
+
+def _normalise_loudness(wav: np.ndarray, sample_rate: int, lufs: float) -> np.ndarray:
+    """Upstream Turbo's `norm_loudness`: gain to `lufs` integrated loudness; unchanged where it is unmeasurable
+    (silence)."""
+    import pyloudnorm
+
+    try:
+        gain = 10.0 ** ((lufs - pyloudnorm.Meter(sample_rate).integrated_loudness(wav)) / 20.0)
+    except ValueError:  # too short to measure
+        return wav
+    return (wav * gain).astype(np.float32) if np.isfinite(gain) and gain > 0 else wav
 
 
 def _make_watermarker() -> Any:

@@ -73,6 +73,7 @@ class SlotDecoder(ABC):
     _ROW_FIELDS: tuple[int, ...] = (OWNER,)  # `_ints` fields naming a row: unused rows name themselves
     _FLOAT_DEFAULTS: tuple[float, ...] = FLOAT_DEFAULTS
     _BACKBONE = ""  # for status()
+    ROWS_PER_STREAM = 1  # at most: a stream holds this many KV rows (two with classifier-free guidance)
     _ATTENTION = "sdpa: causal prefill, masked decode over a static slot cache"
 
     def __init__(self, t3: T3, *, max_batch: int, max_rows: int, max_context: int, device: torch.device | str | None,

@@ -51,6 +51,7 @@ class T3Decoder(SlotDecoder):
     """Batched, slot-based decoder for the Llama T3; see the module docstrings. Not thread-safe: one caller."""
 
     _N_INTS = N_INTS + 1
+    ROWS_PER_STREAM = 2  # conditional and unconditional rows under CFG
     _ROW_FIELDS = (OWNER, _PARTNER)
     _FLOAT_DEFAULTS = (*FLOAT_DEFAULTS, 0.0, 0.0)
     _BACKBONE = "llama"

@@ -230,7 +230,7 @@ class Connection:
         if self.key is not None:
             self.key.check_context()
         spec = dataclasses.replace(spec, model=self.services.resolve_model(spec.model))
-        voice = await self.services.voices.conditionals(spec.voice)  # a VoiceError is a ClientError
+        voice = await self.services.conditionals(spec.voice, spec.model)  # a VoiceError is a ClientError
         serial = self._next_serial
         self._next_serial += 1
         context = StreamContext(self, spec, serial, voice, runtime.chunker_config(spec.chunk_size), encoder,

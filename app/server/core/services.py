@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.types import EngineInfo, GenerationSettings
+from app.engine.router import ModelVoices
+from app.engine.types import EngineError, EngineInfo, GenerationSettings
 from app.engine.worker import EngineWorker
 from app.errors import ClientError
 from app.metrics import Metrics
 from app.server.core.runtime import Runtime
+from app.server.core.spec import UNPROCESSABLE
 from app.settings import Settings, default_model
 from app.voices.library import VoiceLibrary
 
@@ -38,6 +40,17 @@ class Services:
             raise ClientError("unknown_model", f"model {name!r} is not served here; models: "
                                                f"{', '.join(self.models)}")
         return name
+
+    async def conditionals(self, voice_id: str, model: str) -> Any:
+        """The voice's conditionals (a `VoiceError` if there is no such voice), refused with the model's reason
+        when that model cannot speak with it (Turbo needs a reference longer than 5 s)."""
+        conditionals = await self.voices.conditionals(voice_id)
+        if isinstance(conditionals, ModelVoices):
+            try:
+                conditionals.for_model(model)
+            except EngineError as exc:
+                raise ClientError(exc.code, f"voice {voice_id!r}: {exc.message}", UNPROCESSABLE) from None
+        return conditionals
 
     @classmethod
     def from_state(cls, state: Any) -> Services:

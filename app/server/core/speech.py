@@ -357,7 +357,7 @@ class SpeechService:
             raise refusal
         request = dataclasses.replace(request, model=self.services.resolve_model(request.model))
         record = self.services.voices.get(request.voice)
-        conditionals = await self.services.voices.conditionals(request.voice)
+        conditionals = await self.services.conditionals(request.voice, request.model)
         # A chunk with nothing to speak (bare punctuation) stays: no engine request, but its characters are
         # the caller's and belong in a transcript.
         chunks = self._chunks(request.text)
