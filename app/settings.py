@@ -41,8 +41,9 @@ class Settings:
                                           "`--max-connections`); more get 503 and are closed at once.")
 
     # engine
-    engine: str = _opt("espeak", "Which engine serves: `chatterbox` (the model) or `espeak` (light CPU engine).",
-                       ("chatterbox", "espeak"))
+    engine: str = _opt("auto", "Which engine serves: `chatterbox` (the models), `espeak` (light CPU engine, no "
+                               "weights) or `auto`: chatterbox where a CUDA GPU is present, else espeak.",
+                       ("auto", "chatterbox", "espeak"))
     models: str = _opt("standard", "Models to serve, comma-separated: `standard`, `turbo`, `multilingual`; a "
                                    "client picks one per context (the espeak engine stands in for each name).")
     default_model: str = _opt("", "The model for clients that name none (default: the first of `--models`).")
@@ -122,6 +123,17 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_engine(self) -> tuple[str, str]:
+        """(the engine that serves, why)."""
+        if self.engine != "auto":
+            return self.engine, f"--engine {self.engine}"
+        import torch
+
+        if torch.cuda.is_available():
+            return "chatterbox", "--engine auto: a CUDA GPU is present"
+        return "espeak", "--engine auto: no CUDA GPU (chatterbox on a CPU is far slower than real time)"
 
     @property
     def resolved_device(self) -> str:

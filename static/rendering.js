@@ -18,11 +18,26 @@ export function logEvent(demo, message) {
   while (log.children.length > 50) log.lastChild.remove();
 }
 
+// The models the server serves, the default first; the visitor's choice survives a reconnect.
+function showModels(models, defaultModel) {
+  const select = $('model');
+  const chosen = select.value;
+  select.replaceChildren(...models.map((model) => {
+    const option = document.createElement('option');
+    option.value = model;
+    option.textContent = model === defaultModel ? `${model} (default)` : model;
+    return option;
+  }));
+  select.value = models.includes(chosen) ? chosen : (defaultModel ?? models[0] ?? '');
+}
+
 export function showEngine(ready) {
   const engine = ready.engine ?? {};
   const name = engine.engine ?? engine.name ?? 'unknown engine';
-  const parts = [name, engine.device, engine.dtype].filter(Boolean);
+  const parts = [name, engine.default_model, engine.device, engine.dtype].filter(Boolean);
   setText($('engine'), parts.join(' · '));
+  $('engine').title = engine.engine_choice ?? '';
+  showModels(engine.models ?? [], engine.default_model);
   $('engine-json').textContent = JSON.stringify({ engine: ready.engine, limits: ready.limits, defaults: ready.defaults }, null, 2);
   // Start from the server's defaults, except for settings the visitor already changed.
   const generation = ready.defaults?.generation ?? {};

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from harness import metric_samples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROWSER_TESTS = REPO_ROOT / "tests" / "browser"
@@ -65,7 +66,8 @@ def test_playback_worklet_units() -> None:
 def test_demo_page_streams_plays_and_barges_in(server_factory, tmp_path: Path) -> None:
     assert (BROWSER_TESTS / "node_modules" / "playwright-core").is_dir(), \
         "playwright-core is not installed: run scripts/bootstrap.sh test (npm install in tests/browser)"
-    server = server_factory(api_key=API_KEY)  # the page is public; its socket and fetches carry the key
+    # The page is public; its socket and fetches carry the key. Two models: the page offers both.
+    server = server_factory(api_key=API_KEY, models="standard,turbo")
     for stale in SCREENSHOT_SIZES:
         (SCREENSHOTS / stale).unlink(missing_ok=True)
 
@@ -91,6 +93,11 @@ def test_demo_page_streams_plays_and_barges_in(server_factory, tmp_path: Path) -
     if voices.status_code == 200:
         listed = [voice["id"] for voice in voices.json()["voices"]]
         assert summary["voiceLibrary"]["uploaded"] in listed, "the page's upload reached the voice library"
+
+    assert summary["models"] == ["standard", "turbo"] and summary["defaultModel"] == "standard"
+    spoken = metric_samples(server)
+    assert spoken.get("chatterbox_chunks_total{model=turbo}", 0) > 0, "the LLM stream spoke with the picked model"
+    assert spoken.get("chatterbox_chunks_total{model=standard}", 0) > 0, "the whole text with the default"
 
     text = summary["text"]
     for label in ("Time to first audio", "Real-time factor", "Buffered audio", "Underruns", "Timeline",

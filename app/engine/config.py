@@ -47,8 +47,8 @@ class EngineConfig:
         models = (default_model(settings), *(m for m in model_list(settings) if m != default_model(settings)))
         checkpoints = {"standard": settings.checkpoint, "turbo": settings.turbo_checkpoint,
                        "multilingual": settings.multilingual_checkpoint}
-        return cls(engine=settings.engine, model=models[0], checkpoint=checkpoints[models[0]], models=models,
-                   checkpoints=tuple((model, checkpoints[model]) for model in models), device=device,
+        return cls(engine=settings.resolved_engine[0], model=models[0], checkpoint=checkpoints[models[0]],
+                   models=models, checkpoints=tuple((model, checkpoints[model]) for model in models), device=device,
                    dtype=settings.resolved_dtype, max_batch=max_batch, max_new_tokens=settings.max_new_tokens,
                    cfm_steps=settings.cfm_steps, s3gen_left_context=settings.s3gen_left_context,
                    s3gen_prompt_tokens=settings.s3gen_prompt_tokens,

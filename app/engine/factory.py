@@ -3,15 +3,23 @@ the espeak engine needs no model code."""
 
 from __future__ import annotations
 
+import logging
+
 from app.engine.base import Engine
 from app.engine.config import EngineConfig
 from app.engine.router import ModelRouter
 from app.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def build_engine(settings: Settings) -> Engine:
     config = EngineConfig.from_settings(settings)
-    return ModelRouter({model: _model_engine(config.for_model(model)) for model in config.models}, config.models[0])
+    engine, why = settings.resolved_engine
+    log.info("engine %s (%s), models %s, default %s", engine, why, ", ".join(config.models), config.models[0])
+    router = ModelRouter({model: _model_engine(config.for_model(model)) for model in config.models}, config.models[0])
+    router.info.details["engine_choice"] = why
+    return router
 
 
 def _model_engine(config: EngineConfig) -> Engine:

@@ -247,8 +247,14 @@ async function main() {
     log('voices');
     const voiceLibrary = await checkVoices(page);
 
+    // The model picker lists what the server serves, the default selected; the LLM stream speaks with the last.
+    const models = await page.locator('#model option').evaluateAll((options) => options.map((o) => o.value));
+    const defaultModel = await page.locator('#model').inputValue();
+    await page.locator('#model').selectOption(models[models.length - 1]);
+
     log('simulated LLM stream');
     const llm = await streamSimulatedLlm(page);
+    await page.locator('#model').selectOption(defaultModel);
     log('barge-in with Stop');
     const stop = await bargeIn(page);
     log(`whole text, voice ${voiceLibrary.uploaded ?? 'default'}`);
@@ -260,7 +266,7 @@ async function main() {
       .map((f) => [f.querySelector('dt').textContent, f.querySelector('dd').textContent.trim()])));
     const shots = await screenshots(page, options.out);
     assert.deepEqual(problems, [], 'no errors in the page');
-    const summary = { ok: true, voices, voiceLibrary, tabOrder, llm, stop, whole, wav, figures, screenshots: shots, text,
+    const summary = { ok: true, models, defaultModel, voices, voiceLibrary, tabOrder, llm, stop, whole, wav, figures, screenshots: shots, text,
       engine: await page.locator('#engine').textContent() };
     process.stdout.write(`${JSON.stringify(summary)}\n`);
   } finally {
