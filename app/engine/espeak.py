@@ -28,6 +28,7 @@ import subprocess
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -90,6 +91,17 @@ class EspeakVoice:
         return self.name if self.variant is None else f"{self.name}+{self.variant}"
 
 
+# Our language codes as espeak-ng voice names where they differ (Norwegian Bokmål, Mandarin).
+_ESPEAK_LANGUAGES = {"no": "nb", "zh": "cmn"}
+
+
+def _in_language(voice: Any, language: str) -> Any:
+    """The voice speaking `language` (its variant, pitch and speed kept); English keeps the voice's own accent."""
+    if not language or language == "en" or not isinstance(voice, EspeakVoice):
+        return voice
+    return dataclasses.replace(voice, name=_ESPEAK_LANGUAGES.get(language, language))
+
+
 class EspeakEngine(Engine):
     info = EngineInfo(name="espeak", device="cpu", dtype="int16")
 
@@ -124,7 +136,8 @@ class EspeakEngine(Engine):
         """Synthesize a newly admitted request's whole audio; the failed output if that fails (it alone)."""
         request = sequence.request
         try:
-            sequence.state = _fit_length(self.synthesize(request.text, request.voice, request.settings), sequence)
+            voice = _in_language(request.voice, request.language)
+            sequence.state = _fit_length(self.synthesize(request.text, voice, request.settings), sequence)
         except Exception as exc:
             log.warning("espeak synthesis failed for %s: %s", request.request_id, exc)
             self.scheduler.remove(request.request_id)

@@ -115,6 +115,7 @@ class EngineRequest:
     # Benchmarks only, never set from a client message: exactly this many speech tokens, stop token ignored.
     fixed_tokens: int | None = None
     model: str = ""  # which loaded model speaks it ("": the server's default)
+    language: str = ""  # ISO 639-1 code the text is in ("": English); the server checked the model speaks it
 
 
 @dataclass

@@ -60,7 +60,7 @@ _TEXT_NORMALIZATION = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class Options:
-    """What the handshake's query says; language_code, apply_text_normalization, optimize_streaming_latency and
+    """What the handshake's query says; apply_text_normalization, optimize_streaming_latency and
     the checked booleans are accepted and have no effect (docs/elevenlabs.md)."""
 
     output: OutputFormat = DEFAULT_OUTPUT
@@ -68,6 +68,7 @@ class Options:
     auto_mode: bool = False
     seed: int | None = None
     model_id: str = ""  # theirs or ours, mapped by `model_for` once the served models are known
+    language_code: str = ""
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Options:
@@ -79,7 +80,8 @@ class Options:
             raise _bad_parameter("apply_text_normalization", f"one of {', '.join(_TEXT_NORMALIZATION)}")
         return cls(output=OutputFormat.parse(query.get("output_format", DEFAULT_OUTPUT_FORMAT), streamed=True),
                    inactivity_timeout_s=_inactivity_timeout(query), auto_mode=_boolean(query, "auto_mode"),
-                   seed=_seed(query), model_id=query.get("model_id", ""))
+                   seed=_seed(query), model_id=query.get("model_id", ""),
+                   language_code=query.get("language_code", ""))
 
 
 def _bad_parameter(name: str, expected: str) -> ElevenLabsError:
@@ -338,7 +340,8 @@ class ElevenLabsConnection(Connection):
     async def _open(self, context_id: str, voice_settings: Any) -> StreamContext:
         generation = generation_settings(voice_settings, self.options.seed, self.services.base_generation)
         spec = ContextSpec(context_id=context_id, voice=self.voice_id, generation=generation,
-                           model=model_for(self.options.model_id, self.services.models))
+                           model=model_for(self.options.model_id, self.services.models),
+                           language=self.options.language_code)
         encoder = self.options.output.encoder(self.services.sample_rate)
         framing_id = context_id if self.multi else None
         try:

@@ -137,7 +137,8 @@ def _parse(body: dict[str, Any], request: Request, service: SpeechService, max_c
         raise ElevenLabsError("invalid_input", f"seed must be an integer between 0 and {MAX_SEED}")
     settings = generation_settings(body.get("voice_settings"), seed, service.base_generation)
     voice = request.path_params["voice_id"].lower()  # our ids are lower case
-    return SpeechRequest(text, voice, settings, model=model_for(body.get("model_id"), service.services.models))
+    return SpeechRequest(text, voice, settings, model=model_for(body.get("model_id"), service.services.models),
+                         language=body.get("language_code") or "")
 
 
 def _audio_body(output: OutputFormat, source_rate: int, streamed: bool) -> AudioBody:

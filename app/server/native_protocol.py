@@ -67,7 +67,7 @@ class Control:
 ClientMessage = Start | Text | Control
 
 _FIELDS = {
-    "start": {"type", "context_id", "voice", "model", "output", "generation", "chunking", "priority"},
+    "start": {"type", "context_id", "voice", "model", "language", "output", "generation", "chunking", "priority"},
     "text": {"type", "context_id", "text"},
     "flush": {"type", "context_id"},
     "cancel": {"type", "context_id"},
@@ -122,12 +122,14 @@ def _parse_start(data: dict[str, Any], context_id: str, base: GenerationSettings
         raise fail("bad_request", "priority must be an integer")
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         raise fail("invalid_settings", f"priority must be in [{PRIORITY_RANGE[0]}, {PRIORITY_RANGE[1]}]")
-    model = data.get("model", "")
-    if not isinstance(model, str) or len(model) > MAX_ID_CHARS:
-        raise fail("bad_request", f"model must be a string of at most {MAX_ID_CHARS} characters")
+    names = {}
+    for field in ("model", "language"):
+        names[field] = data.get(field, "")
+        if not isinstance(names[field], str) or len(names[field]) > MAX_ID_CHARS:
+            raise fail("bad_request", f"{field} must be a string of at most {MAX_ID_CHARS} characters")
     spec = ContextSpec(context_id=context_id, voice=voice,
                        generation=_parse_generation(data.get("generation", {}), base, fail),
-                       chunk_size=_parse_chunking(data.get("chunking", {}), fail), priority=priority, model=model)
+                       chunk_size=_parse_chunking(data.get("chunking", {}), fail), priority=priority, **names)
     return Start(spec, output=_parse_output(data.get("output", {}), fail))
 
 

@@ -53,7 +53,7 @@ FORMATS = ("mp3", "opus", "flac", "wav", "pcm")
 STREAM_FORMATS = ("audio", "sse")
 MAX_INPUT_CHARS = 4096
 SPEED_RANGE = (0.25, 4.0)
-_FIELDS = frozenset({"model", "input", "voice", "instructions", "response_format", "speed", "stream_format"}
+_FIELDS = frozenset({"model", "input", "voice", "instructions", "response_format", "speed", "stream_format", "language"}
                     | GENERATION_FIELDS)
 _ATEMPO_RANGE = (0.5, 2.0)  # what every ffmpeg version's atempo accepts in one stage
 _FFMPEG_TIMEOUT_S = 60.0
@@ -71,7 +71,7 @@ class OpenAIError(ClientError):
 # differs from ours (a bad voice or setting is a bad value in the request: 400).
 _THEIR_CODE = {"bad_json": "invalid_json", "body_too_large": "request_too_large", "unknown_model": "model_not_found"}
 _THEIR_PARAM = {"unknown_voice": "voice", "invalid_voice_name": "voice", "nothing_to_speak": "input",
-                "text_too_long": "input", "unknown_model": "model"}
+                "text_too_long": "input", "unknown_model": "model", "unsupported_language": "language"}
 _THEIR_STATUS = {"unknown_voice": 400, "invalid_voice_name": 400, "invalid_settings": 400, "unknown_model": 404}
 
 
@@ -122,7 +122,11 @@ def _parse(body: dict[str, Any], service: SpeechService) -> tuple[SpeechRequest,
                           code="invalid_value")
     speed = _speed(body.get("speed", 1.0))
     settings = generation_from_fields(body, service.base_generation)
-    request = SpeechRequest(text, _voice_id(body.get("voice"), service), settings, model=MODELS[model])
+    language = body.get("language", "")
+    if not isinstance(language, str):
+        raise OpenAIError("`language` must be a language code such as \"fr\"", param="language", code="invalid_type")
+    request = SpeechRequest(text, _voice_id(body.get("voice"), service), settings, model=MODELS[model],
+                            language=language)
     return request, fmt, speed, stream_format
 
 

@@ -33,7 +33,7 @@ from app.server.core.spec import (
     GENERATION_FIELDS,
     PRIORITY_RANGE,
     UNPROCESSABLE,
-    check_model_name,
+    check_name,
     generation_from_fields,
     priority_in_range,
 )
@@ -48,8 +48,8 @@ from app.server.http_common import (
 )
 from app.voices.library import DEFAULT_VOICE_ID
 
-_FIELDS = frozenset({"text", "voice", "model", "streaming", "priority", "enable_batching", "response_format"}
-                    | GENERATION_FIELDS)
+_FIELDS = frozenset({"text", "voice", "model", "language", "streaming", "priority", "enable_batching",
+                     "response_format"} | GENERATION_FIELDS)
 
 
 async def synthesize(request: Request) -> Response:
@@ -97,8 +97,9 @@ def _parse(body: dict[str, Any], base: GenerationSettings, max_chars: int
     if fmt not in FILE_FORMATS:
         raise invalid(f"`response_format` must be one of {', '.join(FILE_FORMATS)}")
     settings = generation_from_fields(body, base)
-    model = check_model_name(body.get("model", ""))
-    return SpeechRequest(text, voice, settings, priority, model), fmt, body.get("streaming", False)
+    request = SpeechRequest(text, voice, settings, priority, model=check_name(body.get("model", ""), "model"),
+                            language=check_name(body.get("language", ""), "language"))
+    return request, fmt, body.get("streaming", False)
 
 
 routes = [Route("/synthesize", synthesize, methods=["POST"])]

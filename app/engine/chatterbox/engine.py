@@ -24,6 +24,7 @@ import torch
 from chatterbox.models.s3tokenizer import SPEECH_VOCAB_SIZE  # real speech codes; start/stop come after
 
 from app.engine.base import Engine
+from app.engine.chatterbox.languages import check_language
 from app.engine.chatterbox.loader import ChatterboxModels, load_models
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer
 from app.engine.chatterbox.slot_decoder import SlotDecoder
@@ -116,12 +117,19 @@ class ChatterboxEngine(Engine):
     def _prefill(self, sequence: Sequence) -> None:
         request = sequence.request
         voice = request.voice if request.voice is not None else self.models.conds
-        text_tokens = self.models.tokenizer.text_to_tokens(request.text)[0].to(self.device)
+        text_tokens = self._text_tokens(request)
         t3_cond = _with_exaggeration(voice.t3, request.settings.exaggeration, self.device)
         self.decoder.add(request.request_id, t3_cond, text_tokens, request.settings)
         sequence.state = self.s3gen.open(voice.gen, seed=request.settings.seed)
         # A long text leaves less of the KV context for speech: stop there rather than fail the step for everyone.
         self.scheduler.limit_tokens(sequence, self.decoder.tokens_left(request.request_id))
+
+    def _text_tokens(self, request: EngineRequest) -> torch.Tensor:
+        """The text as the model's tokens: the multilingual tokenizer prepares it for its language."""
+        if self.models.model == "multilingual":
+            language = check_language(request.language or "en")
+            return self.models.tokenizer.text_to_tokens(request.text, language_id=language)[0].to(self.device)
+        return self.models.tokenizer.text_to_tokens(request.text)[0].to(self.device)
 
     def _fail(self, sequence: Sequence, exc: Exception, what: str) -> EngineOutput:
         """Drop a sequence whose own work failed; the error it ends with."""

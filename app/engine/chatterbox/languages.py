@@ -23,12 +23,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from app.engine.chatterbox.model_names import SUPPORTED_LANGUAGES
 from app.engine.types import EngineError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_LANGUAGES = ("ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi", "it", "ja", "ko", "ms", "nl",
-                       "no", "pl", "pt", "ru", "sv", "sw", "tr", "zh")
 
 # language -> (import name, the step it enables)
 _OPTIONAL_STEPS = {

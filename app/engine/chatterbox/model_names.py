@@ -11,3 +11,10 @@ Size = Literal["tiny", "full"]
 SIZES: tuple[Size, ...] = ("tiny", "full")
 ModelKind = Literal["standard", "turbo", "multilingual"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("standard", "turbo", "multilingual")
+
+# What each model speaks (ISO 639-1): the multilingual model's 23 languages, English for the others.
+SUPPORTED_LANGUAGES = ("ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi", "it", "ja", "ko", "ms", "nl",
+                       "no", "pl", "pt", "ru", "sv", "sw", "tr", "zh")
+MODEL_LANGUAGES: dict[str, tuple[str, ...]] = {"standard": ("en",), "turbo": ("en",),
+                                               "multilingual": SUPPORTED_LANGUAGES}
+DEFAULT_LANGUAGE = "en"

@@ -28,8 +28,8 @@ from app.engine.chatterbox.checkpoint import (
     save_default_voice,
     write_synthetic_marker,
 )
-from app.engine.chatterbox.languages import SUPPORTED_LANGUAGES
 from app.engine.chatterbox.loader import LAYOUTS
+from app.engine.chatterbox.model_names import SUPPORTED_LANGUAGES
 
 MODEL: ModelKind = "multilingual"
 VE_FILE, T3_FILE, S3GEN_FILE = LAYOUTS[MODEL].weights

@@ -229,7 +229,8 @@ class Connection:
                                                    "contexts per connection")
         if self.key is not None:
             self.key.check_context()
-        spec = dataclasses.replace(spec, model=self.services.resolve_model(spec.model))
+        model = self.services.resolve_model(spec.model)
+        spec = dataclasses.replace(spec, model=model, language=self.services.resolve_language(model, spec.language))
         voice = await self.services.conditionals(spec.voice, spec.model)  # a VoiceError is a ClientError
         serial = self._next_serial
         self._next_serial += 1

@@ -89,7 +89,7 @@ class StreamContext:
         self.clock = PlaybackClock()
         self.pipeline = ChunkPipeline(self.services, f"{connection.id}-{serial}", voice, spec.generation,
                                       spec.priority, client=connection.id, quota=connection.quota,
-                                      model=spec.model)
+                                      model=spec.model, language=spec.language)
         # A drain waits for the context; past its deadline the connection's 1001 close ends it.
         self._stream = self.services.runtime.open_stream(stop=lambda: None)
         self._waiting: deque[tuple[float, float]] = deque()  # (queued at, seconds) of frames not yet sent

@@ -132,9 +132,11 @@ class ChunkPipeline:
     clients); with a `quota`, requests beyond the client's running limit wait there for their turn."""
 
     def __init__(self, services: Services, request_prefix: str, voice: Any, settings: GenerationSettings,
-                 priority: int, client: str = "", quota: RequestQuota | None = None, model: str = ""):
+                 priority: int, client: str = "", quota: RequestQuota | None = None, model: str = "",
+                 language: str = ""):
         self.services = services
         self.model = model
+        self.language = language
         self.client = client
         self.quota = quota
         self.request_prefix = request_prefix
@@ -221,7 +223,8 @@ class ChunkPipeline:
         return EngineRequest(
             request_id=f"{self.request_prefix}-{chunk.index}", text=chunk.speak_text, voice=self.voice,
             settings=self.settings, priority=self.priority, deadline=self._deadline(now, buffered_s),
-            first_in_context=self._released == 0, arrival=now, client=self.client, model=self.model)
+            first_in_context=self._released == 0, arrival=now, client=self.client, model=self.model,
+            language=self.language)
 
     def _deadline(self, now: float, buffered_s: float) -> float:
         """When the listener runs dry if this chunk has no audio by then: after the audio it has and the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.engine.chatterbox.model_names import DEFAULT_LANGUAGE, MODEL_LANGUAGES
 from app.engine.router import ModelVoices
 from app.engine.types import EngineError, EngineInfo, GenerationSettings
 from app.engine.worker import EngineWorker
@@ -40,6 +41,18 @@ class Services:
             raise ClientError("unknown_model", f"model {name!r} is not served here; models: "
                                                f"{', '.join(self.models)}")
         return name
+
+    def resolve_language(self, model: str, language: str) -> str:
+        """The language code `model` speaks the text in ("": English); `unsupported_language` naming what it
+        speaks (and which served model speaks the language, if one does) otherwise."""
+        code = (language or DEFAULT_LANGUAGE).strip().lower()
+        spoken = MODEL_LANGUAGES.get(model, (DEFAULT_LANGUAGE,))
+        if code in spoken:
+            return code
+        others = [other for other in self.models if code in MODEL_LANGUAGES.get(other, ())]
+        hint = f"; model {others[0]!r} speaks it" if others else ""
+        raise ClientError("unsupported_language", f"model {model!r} does not speak {language!r}; it speaks: "
+                                                  f"{', '.join(spoken)}{hint}")
 
     async def conditionals(self, voice_id: str, model: str) -> Any:
         """The voice's conditionals (a `VoiceError` if there is no such voice), refused with the model's reason

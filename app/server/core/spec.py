@@ -27,7 +27,8 @@ GENERATION_FIELDS = frozenset({"exaggeration", "cfg_weight", "temperature", "top
 
 @dataclass(frozen=True)
 class ContextSpec:
-    """One context: who speaks (`voice`) with which model (`model`, "" for the server's default), how
+    """One context: who speaks (`voice`) with which model (`model`, "" for the server's default) in which
+    language (`language`), how
     (`generation`), in what text chunks (`chunk_size`, None for the server's current default) and how urgently
     (`priority`, higher first). The output encoding is the adapter's (it builds the encoder), since each
     protocol names its formats differently."""
@@ -38,12 +39,13 @@ class ContextSpec:
     chunk_size: int | None = None
     priority: int = 0
     model: str = ""
+    language: str = ""  # ISO 639-1 ("": English), checked against the model by `Services.resolve_language`
 
 
-def check_model_name(value: Any) -> str:
-    """A model name as a client sends it (a string, checked against the loaded models by `Services`)."""
+def check_name(value: Any, field: str) -> str:
+    """A model name or language code as a client sends it: a short string (`Services` checks its meaning)."""
     if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
-        raise ClientError("bad_request", f"model must be a string of at most {MAX_ID_CHARS} characters",
+        raise ClientError("bad_request", f"{field} must be a string of at most {MAX_ID_CHARS} characters",
                           UNPROCESSABLE)
     return value
 

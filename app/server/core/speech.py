@@ -53,6 +53,7 @@ class SpeechRequest:
     settings: GenerationSettings = GenerationSettings()
     priority: int = 0
     model: str = ""  # "" for the server's default
+    language: str = ""  # "" for English
 
 
 # ---- response bodies ----------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ class Speech:
         services = self.services
         self._pipeline = ChunkPipeline(services, f"http-{uuid.uuid4().hex[:12]}", self.conditionals,
                                        self.request.settings, self.request.priority, client=self.client,
-                                       model=self.request.model)
+                                       model=self.request.model, language=self.request.language)
         now = time.monotonic()
         for chunk in self.chunks:
             self._pipeline.release(chunk, now)
@@ -355,7 +356,9 @@ class SpeechService:
         refusal = self.services.runtime.refusal()
         if refusal is not None:
             raise refusal
-        request = dataclasses.replace(request, model=self.services.resolve_model(request.model))
+        model = self.services.resolve_model(request.model)
+        request = dataclasses.replace(request, model=model,
+                                      language=self.services.resolve_language(model, request.language))
         record = self.services.voices.get(request.voice)
         conditionals = await self.services.conditionals(request.voice, request.model)
         # A chunk with nothing to speak (bare punctuation) stays: no engine request, but its characters are
@@ -368,7 +371,7 @@ class SpeechService:
         if is_cacheable(request.settings) and self.cache.enabled:
             spoken = "\n".join(chunk.speak_text for chunk in chunks)  # exactly what the engine is given
             key = cache_key(spoken, record.id, record.hash, request.settings, audio.cache_name, OUTPUT_RATE,
-                            extra=request.model)
+                            extra=(request.model, request.language))
         timings = SpeechTimings(received=received, sample_rate=self.services.sample_rate)
         return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings, client)
 
