@@ -35,6 +35,7 @@ import numpy as np
 
 from app.audio.resample import as_mono_f32, resample
 from app.engine.base import Engine
+from app.engine.chatterbox.model_names import TURBO_TAGS
 from app.engine.config import EngineConfig
 from app.engine.scheduler import Scheduler, Sequence
 from app.engine.types import SAMPLE_RATE, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
@@ -111,6 +112,9 @@ class EspeakEngine(Engine):
             raise RuntimeError(f"{executable} not found; install espeak-ng (apt-get install espeak-ng)")
         self._executable = path
         self._timeout_s = timeout_s
+        # Standing in for Turbo, it knows Turbo's tags (and reads them as words).
+        if config is not None and config.model == "turbo":
+            self.info = EngineInfo(name="espeak", device="cpu", dtype="int16", details={"tags": list(TURBO_TAGS)})
         # No decode rows to run out of: every started request advances each step.
         self.scheduler = Scheduler(config or EngineConfig(engine="espeak"), max_running=sys.maxsize)
 

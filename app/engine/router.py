@@ -41,8 +41,10 @@ class ModelRouter(Engine):
         self.default_model = default_model
         self._owner: dict[str, str] = {}  # request id -> model
         first = next(iter(self.engines.values())).info
+        tags = {model: engine.info.details["tags"] for model, engine in self.engines.items()
+                if engine.info.details.get("tags")}
         self.info = EngineInfo(first.name, first.device, first.dtype, first.sample_rate,
-                               {"models": list(self.engines), "default_model": default_model})
+                               {"models": list(self.engines), "default_model": default_model, "tags": tags})
 
     @property
     def voice_key(self) -> str:

@@ -73,6 +73,8 @@ class ChunkerConfig:
     # A word (URL, number, code) is never split below this length; a longer run without a space is cut into
     # pieces of it, so no chunk exceeds max_chars + max_word_chars: the models' text limit, not a soft budget.
     max_word_chars: int = 600
+    # The model's bracketed tags (Turbo's "[laugh]", lower case): kept whole and spoken as tags, never split.
+    tags: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not 25 <= self.chunk_size <= 200:
@@ -335,7 +337,7 @@ class AdaptiveChunker:
     # -- state --------------------------------------------------------------------------------------------
 
     def _reset_stream(self) -> None:
-        self._normalizer = StreamNormalizer()
+        self._normalizer = StreamNormalizer(self.config.tags)
         self._pending = _Pending()
         self._first = True
         self._head_since = None

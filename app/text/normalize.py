@@ -102,6 +102,7 @@ _PUNCT_RUN = re.compile(r"[,.!?](?:\s*[,.!?])*")
 _SPACES = re.compile(r"\s+")
 _AFTER_COMMA = re.compile(r"(?<=,) ")
 _ATTACHES = re.compile(r",|[.!?]++(?: |$)")  # a word that is punctuation joins the word before it
+_TAG = re.compile(r"(\[[^\[\]]{1,40}\])([,.!?]*)")  # "[laugh]", "[clear throat]," (a tag if the model knows it)
 
 
 def _tidy_punct_run(match: re.Match[str]) -> str:
@@ -111,9 +112,13 @@ def _tidy_punct_run(match: re.Match[str]) -> str:
     return marks.replace(",", "")  # "wait…?" -> "wait?", not "wait,?"
 
 
-def normalize_word(raw: str, starts_line: bool) -> str:
-    """Normalize one whitespace-free word; "" drops it. `starts_line`: it is the first word of its line."""
+def normalize_word(raw: str, starts_line: bool, tags: frozenset[str] = frozenset()) -> str:
+    """Normalize one whitespace-free word (or a multi-word tag); "" drops it. `starts_line`: it is the first word
+    of its line. A known tag (`tags`, lower case, brackets included) stays as it is, with the marks after it."""
     word = unicodedata.normalize("NFC", raw)
+    tag = _TAG.fullmatch(word)
+    if tag and tag.group(1).lower() in tags:
+        return tag.group(1).lower() + _PUNCT_RUN.sub(_tidy_punct_run, tag.group(2))
     if starts_line and _LINE_MARKER.fullmatch(word):
         return ""  # bullet, header, quote marker, rule, code fence, task box
     word = _CITATION.sub("", word)
@@ -167,9 +172,12 @@ def _ends_with_mark(text: str) -> bool:
 
 
 class StreamNormalizer:
-    """Incremental `normalize_stream`: feed pieces, get the words that became final."""
+    """Incremental `normalize_stream`: feed pieces, get the words that became final. `tags`: the model's
+    bracketed tags (lower case), kept whole and verbatim; a tag of several words is read as one word."""
 
-    def __init__(self) -> None:
+    def __init__(self, tags: frozenset[str] = frozenset()) -> None:
+        self._tags = tags
+        self._tag_prefixes = frozenset(tag[:end + 1] for tag in tags for end, char in enumerate(tag) if char == " ")
         self._start_over()
 
     def _start_over(self) -> None:
@@ -248,11 +256,17 @@ class StreamNormalizer:
         return True
 
     def _read_space(self, run: str) -> None:
+        if self._word and not self._word_complete and self._continues_a_tag(run):
+            self._word += " "  # "[clear" + " " + "throat]": one word
+            return
         if self._word:
             self._word_complete = True
         self._glue_next = False
         self._breaks += _count_line_breaks(run, self._after_cr)
         self._after_cr = run.endswith("\r")
+
+    def _continues_a_tag(self, run: str) -> bool:
+        return "\n" not in run and (self._word + " ").lower() in self._tag_prefixes
 
     def _read_word(self, run: str, out: list[Word]) -> None:
         self._after_cr = False
@@ -275,7 +289,7 @@ class StreamNormalizer:
         self._glue_next = False
 
     def _emit(self, out: list[Word]) -> None:
-        text = normalize_word(self._word, self._word_starts_line)
+        text = normalize_word(self._word, self._word_starts_line, self._tags)
         breaks = max(self._word_breaks, self._carried_breaks)
         sep = "" if self._word_glued or _ATTACHES.match(text) else " "
         self._word, self._word_complete = "", False
@@ -328,8 +342,8 @@ def _raw_offsets(raw: str, mapped: str) -> Callable[[int], int]:
     return lambda offset: 0 if offset == 0 else bisect_left(ends, offset) + 1
 
 
-def normalize_stream(text: str) -> str:
-    normalizer = StreamNormalizer()
+def normalize_stream(text: str, tags: frozenset[str] = frozenset()) -> str:
+    normalizer = StreamNormalizer(tags)
     words = normalizer.feed(text) + normalizer.finish()
     return "".join(word.sep + word.text for word in words)
 
@@ -346,7 +360,14 @@ def _split_final_marks(text: str) -> tuple[str, str, str]:
 
 
 def _capitalise(text: str) -> str:
-    """Upper-case the first letter, also behind opening quotes (`punc_norm` only looks at the first one)."""
+    """Upper-case the first letter, also behind opening quotes (`punc_norm` only looks at the first one), but
+    not inside a leading [tag] (the normalizer leaves brackets only around a model's tags)."""
+    if text.startswith("["):
+        end = text.find("]") + 1
+        if end:
+            rest = text[end:]
+            stripped = rest.lstrip(" ")
+            return text[:end] + rest[:len(rest) - len(stripped)] + _capitalise(stripped) if stripped else text
     start = len(text) - len(text.lstrip(OPENING_MARKS))
     if text[start:start + 1].islower():
         return text[:start] + text[start].upper() + text[start + 1:]

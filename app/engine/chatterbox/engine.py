@@ -67,7 +67,8 @@ class ChatterboxEngine(Engine):
         self.compile_seconds: float | None = None
         self.s3gen_warmup: dict | None = None
         self.info = EngineInfo(name="chatterbox", device=config.device, dtype=config.dtype,
-                               details={"checkpoint": str(models.directory), "size": models.size})
+                               details={"checkpoint": str(models.directory), "size": models.size,
+                                        "tags": list(getattr(models.tokenizer, "tags", []))})
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> ChatterboxEngine:

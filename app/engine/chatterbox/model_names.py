@@ -18,3 +18,11 @@ SUPPORTED_LANGUAGES = ("ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi
 MODEL_LANGUAGES: dict[str, tuple[str, ...]] = {"standard": ("en",), "turbo": ("en",),
                                                "multilingual": SUPPORTED_LANGUAGES}
 DEFAULT_LANGUAGE = "en"
+
+# Chatterbox-Turbo's tags: nine sounds, then ten delivery styles (the order of the released tokenizer is not
+# known here; only membership matters to the server). The engine reads them from the loaded tokenizer.
+TURBO_TAGS = (
+    "[laugh]", "[chuckle]", "[sigh]", "[gasp]", "[cough]", "[clear throat]", "[sniff]", "[groan]", "[shush]",
+    "[whispering]", "[angry]", "[fear]", "[surprised]", "[crying]", "[happy]", "[sarcastic]", "[dramatic]",
+    "[narration]", "[advertisement]",
+)

@@ -16,15 +16,11 @@ from typing import Any
 import torch
 from tokenizers import ByteLevelBPETokenizer
 
+from app.engine.chatterbox.model_names import TURBO_TAGS
+
 END_OF_TEXT = "<|endoftext|>"
 END_OF_TEXT_ID = 50256
-# Chatterbox-Turbo's tags: nine sounds, then ten delivery styles (the order of the released tokenizer is not
-# known here; only membership matters to the server).
-PARALINGUISTIC_TAGS = (
-    "[laugh]", "[chuckle]", "[sigh]", "[gasp]", "[cough]", "[clear throat]", "[sniff]", "[groan]", "[shush]",
-    "[whispering]", "[angry]", "[fear]", "[surprised]", "[crying]", "[happy]", "[sarcastic]", "[dramatic]",
-    "[narration]", "[advertisement]",
-)
+PARALINGUISTIC_TAGS = TURBO_TAGS
 VOCAB_SIZE = END_OF_TEXT_ID + 1 + len(PARALINGUISTIC_TAGS)  # 50 276
 FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 

@@ -234,8 +234,8 @@ class Connection:
         voice = await self.services.conditionals(spec.voice, spec.model)  # a VoiceError is a ClientError
         serial = self._next_serial
         self._next_serial += 1
-        context = StreamContext(self, spec, serial, voice, runtime.chunker_config(spec.chunk_size), encoder,
-                                framing(serial))
+        chunking = runtime.chunker_config(spec.chunk_size, self.services.tags(model))
+        context = StreamContext(self, spec, serial, voice, chunking, encoder, framing(serial))
         self.contexts[context_id] = context
         if self.key is not None:
             self.key.contexts += 1

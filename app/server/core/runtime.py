@@ -69,9 +69,10 @@ class Runtime:
     def chunk_size(self, chunk_size: int) -> None:
         self.chunking = dataclasses.replace(self.chunking, chunk_size=chunk_size)
 
-    def chunker_config(self, chunk_size: int | None = None) -> ChunkerConfig:
-        """The rules for a new context: the server's, with the context's own chunk size if it chose one."""
-        return dataclasses.replace(self.chunking, chunk_size=chunk_size or self.chunk_size)
+    def chunker_config(self, chunk_size: int | None = None, tags: frozenset[str] = frozenset()) -> ChunkerConfig:
+        """The rules for a new context: the server's, with the context's own chunk size if it chose one and its
+        model's tags."""
+        return dataclasses.replace(self.chunking, chunk_size=chunk_size or self.chunk_size, tags=tags)
 
     def mark_ready(self) -> None:
         self.ready = True

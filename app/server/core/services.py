@@ -54,6 +54,10 @@ class Services:
         raise ClientError("unsupported_language", f"model {model!r} does not speak {language!r}; it speaks: "
                                                   f"{', '.join(spoken)}{hint}")
 
+    def tags(self, model: str) -> frozenset[str]:
+        """The model's bracketed tags ("[laugh]"), which the chunker keeps whole; none for most models."""
+        return frozenset(tag.lower() for tag in self.engine_info.get("tags", {}).get(model, ()))
+
     async def conditionals(self, voice_id: str, model: str) -> Any:
         """The voice's conditionals (a `VoiceError` if there is no such voice), refused with the model's reason
         when that model cannot speak with it (Turbo needs a reference longer than 5 s)."""
