@@ -196,3 +196,15 @@ def test_meanflow_step_runs_one_row_per_stream_without_host_syncs(turbo):
         stepped = compute.cfm_step(estimator, x, mask, x, torch.randn(2, 80, device="meta"), x,
                                    t_span[:1], t_span[1:2], 0.7)
     assert stepped.shape == x.shape and rows == [2]
+
+
+def test_bfloat16_estimator_stays_close_to_float32(turbo, tokens):
+    """bf16 on the CPU stands in for CUDA bf16, as in test_s3gen_streaming: a small relative error on the mels
+    (measured ~0.5%)."""
+    def mels(dtype) -> torch.Tensor:
+        streamer = S3GenStreamer(turbo.s3gen, dtype=dtype)
+        return streamer.whole_mels(streamer.open(turbo.conds.gen, seed=4), tokens[:40])
+
+    reference, reduced = mels(None), mels("bfloat16")
+    error = (reduced - reference).norm() / reference.norm()
+    assert 0 < error < 0.05
