@@ -56,10 +56,14 @@ def encode(flow, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def estimator_forward(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
-                      spks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """`ConditionalDecoder.forward` (non-meanflow) without host syncs. x, mu, cond (B, 80, T); mask (B, 1, T);
-    all in the estimator's dtype except `t` (float32: its sinusoidal embedding needs the precision)."""
-    t = estimator.time_mlp(estimator.time_embeddings(t).to(x.dtype))
+                      spks: torch.Tensor, cond: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+    """`ConditionalDecoder.forward` without host syncs. x, mu, cond (B, 80, T); mask (B, 1, T); all in the
+    estimator's dtype except `t` and `r` (float32: their sinusoidal embeddings need the precision). `r`, the
+    step's end time, only for a meanflow estimator, which conditions on both ends of the step."""
+    t = _time_embedding(estimator, t, x.dtype)
+    if estimator.meanflow:
+        assert r is not None  # a meanflow estimator's velocity is the mean over [t, r]
+        t = estimator.time_embed_mixer(torch.cat([t, _time_embedding(estimator, r, x.dtype)], dim=1))
     x = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
     hiddens, masks = [], [mask]
     for resnet, blocks, downsample in estimator.down_blocks:
@@ -80,6 +84,10 @@ def estimator_forward(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.
         x = upsample(x * mask_up)
     x = estimator.final_block(x, mask_up)
     return estimator.final_proj(x * mask_up) * mask
+
+
+def _time_embedding(estimator, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return estimator.time_mlp(estimator.time_embeddings(t).to(dtype))
 
 
 def _attention_bias(mask: torch.Tensor) -> torch.Tensor:
@@ -136,11 +144,16 @@ def _check_plain_block(block) -> None:
 
 def cfm_step(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor,
              cond: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cfg_rate: float) -> torch.Tensor:
-    """One Euler step of `solve_euler` with classifier-free guidance: the conditional and unconditional halves
-    run as one batch of 2B rows. The estimator runs in its own weights' dtype, the update in float32 (x's).
-    `t`, `r` are (1,) float32 tensors so every step shares one compiled graph."""
+    """One Euler step from time `t` to `r`. Standard estimator: `solve_euler`'s, with classifier-free guidance,
+    the conditional and unconditional halves run as one batch of 2B rows. Meanflow estimator: `basic_euler`'s,
+    B rows and no guidance (upstream distilled it from guided outputs; `cfg_rate` is unused). The estimator runs
+    in its own weights' dtype, the update in float32 (x's). `t`, `r` are (1,) float32 tensors so every step
+    shares one compiled graph."""
     batch, dtype = x.shape[0], next(estimator.parameters()).dtype
     x_in, mask, mu, spks, cond = (tensor.to(dtype) for tensor in (x, mask, mu, spks, cond))
+    if estimator.meanflow:
+        velocity = estimator_forward(estimator, x_in, mask, mu, t.expand(batch), spks, cond, r.expand(batch))
+        return x + (r - t) * velocity.float()
     zeros = torch.zeros_like
     velocity = estimator_forward(
         estimator, torch.cat([x_in, x_in]), torch.cat([mask, mask]), torch.cat([mu, zeros(mu)]),
@@ -149,11 +162,10 @@ def cfm_step(estimator, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, s
     return x + (r - t) * ((1.0 + cfg_rate) * conditional - cfg_rate * unconditional)
 
 
-
-
-def cfm_time_span(steps: int, scheduler: str, device: torch.device) -> torch.Tensor:
+def cfm_time_span(steps: int, scheduler: str, device: torch.device, meanflow: bool = False) -> torch.Tensor:
+    """The solver's `steps + 1` times from 0 to 1; as upstream, meanflow ignores the cosine scheduler."""
     t_span = torch.linspace(0, 1, steps + 1, device=device)
-    if scheduler == "cosine":
+    if scheduler == "cosine" and not meanflow:
         t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
     return t_span
 

@@ -1,7 +1,9 @@
 """Streaming S3Gen: speech tokens to 24 kHz PCM while T3 is still generating, for many streams at once.
 
 S3Gen = conformer encoder (tokens -> 50 Hz features) + conditional flow matching (CFM, 10 Euler steps with its
-own CFG) + HiFiGAN vocoder. Four facts shape the streaming decode:
+own CFG) + HiFiGAN vocoder. Turbo's distilled "meanflow" S3Gen has the same parts; its CFM estimator is told both
+ends of each step and takes 2 plain Euler steps without CFG (one estimator row per stream instead of two), which
+changes only the CFM step and its times (s3gen_compute), not the streaming. Four facts shape the streaming decode:
 
 * The flow decoder attends bidirectionally over the voice prompt and every token given to it, so a chunk
   cannot be decoded on its own. Each call re-decodes a bounded window: the prompt, up to `left_context` tokens
@@ -142,12 +144,13 @@ class _Call:
 class S3GenStreamer:
     """Stateless over streams: all per-stream state lives in `S3GenStream`. Not thread-safe: one caller."""
 
-    def __init__(self, s3gen, cfm_steps: int = 10, left_context: int = 50, vocoder_overlap: int = 8,
+    def __init__(self, s3gen, cfm_steps: int | None = None, left_context: int = 50, vocoder_overlap: int = 8,
                  max_tokens: int = 4096, *, dtype: torch.dtype | str | None = None, compile_mode: str | None = None,
                  cuda_graphs: bool = True, max_batch: int = 32, static_shapes: bool | None = None,
                  prompt_tokens: int = MAX_PROMPT_TOKENS):
-        """`dtype`: precision of the flow estimator (a copy of it with its weights in that dtype; default
-        float32); the encoder, the vocoder and the Euler update stay float32. `compile_mode`: as everywhere
+        """`cfm_steps`: Euler steps of the CFM (default: upstream's, 2 for a meanflow S3Gen, else 10). `dtype`:
+        precision of the flow estimator (a copy of it with its weights in that dtype; default float32); the
+        encoder, the vocoder and the Euler update stay float32. `compile_mode`: as everywhere
         (app.engine.graphs), applied to the CFM step (estimator) for the shapes `warmup()` prepares.
         `cuda_graphs`: capture prepared shapes as CUDA graphs (CUDA only). `max_batch`: streams per batch.
         `static_shapes`: bucket lengths and batch sizes (default: on CUDA). `prompt_tokens`: most tokens of a
@@ -155,9 +158,8 @@ class S3GenStreamer:
         self.s3gen = s3gen
         self.flow = s3gen.flow
         self.hift = s3gen.mel2wav
-        if getattr(self.flow.decoder.estimator, "meanflow", False):
-            raise ValueError("meanflow (distilled) S3Gen checkpoints are not supported by the streaming decoder")
-        self.cfm_steps = cfm_steps
+        self.meanflow = bool(self.flow.decoder.estimator.meanflow)
+        self.cfm_steps = cfm_steps or (2 if self.meanflow else 10)  # upstream's S3Gen.flow_inference defaults
         self.left_context = left_context  # tokens; 0 = re-decode everything spoken so far
         self.vocoder_overlap = vocoder_overlap  # mel frames
         self.max_tokens = max_tokens
@@ -173,7 +175,7 @@ class S3GenStreamer:
         compute.prepare_vocoder(self.hift)
         self._trim_fade = s3gen.trim_fade.cpu()
         self.voices = VoiceCache(self._voice_tensors)
-        self._t_span = compute.cfm_time_span(cfm_steps, self.flow.decoder.t_scheduler, device)
+        self._t_span = compute.cfm_time_span(self.cfm_steps, self.flow.decoder.t_scheduler, device, self.meanflow)
         self._warmup_seconds = 0.0
         self._batches: dict[str, list[int]] = {"flow": [0, 0, 0], "vocoder": [0, 0, 0]}  # calls, rows, pad rows
         self._build_runners()
@@ -509,6 +511,7 @@ class S3GenStreamer:
             "prepared_vocoder_shapes": self.graphs.prepared("spectrum"),
             "warmup_seconds": round(self._warmup_seconds, 3),
             "cfm_steps": self.cfm_steps,
+            "meanflow": self.meanflow,
             "left_context_tokens": self.left_context,
             "prompt_tokens": self.prompt_tokens,
             "vocoder_overlap_frames": self.vocoder_overlap,
