@@ -54,7 +54,9 @@ class ChatterboxEngine(Engine):
         self.decoder = _decoder(models, config, compile_mode)
         # S3Gen: bf16 estimator matmuls where the engine runs bf16 (encoder and vocoder stay float32), CUDA graphs
         # per (batch, window) bucket when optimizing, several streams per flow and vocoder call.
-        self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=config.cfm_steps, left_context=config.s3gen_left_context,
+        # Turbo's distilled (meanflow) S3Gen runs its own 2 steps; --cfm-steps is the standard flow's.
+        cfm_steps = None if models.model == "turbo" else config.cfm_steps
+        self.s3gen = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=config.s3gen_left_context,
                                    dtype=config.dtype if config.on_cuda else None, compile_mode=compile_mode,
                                    cuda_graphs=config.optimize, max_batch=min(config.max_batch, S3GEN_MAX_BATCH),
                                    prompt_tokens=config.s3gen_prompt_tokens)
