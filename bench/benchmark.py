@@ -1,10 +1,12 @@
-"""End-to-end benchmark: chatterbox's own `ChatterboxTTS.generate` against our engine, in the same run.
+"""End-to-end benchmark: chatterbox's own `generate` against our engine, in the same run, for the checkpoint's
+model (standard: `ChatterboxTTS`; turbo: `ChatterboxTurboTTS`, loaded by its own `from_local`).
 
 Random weights never stop on their own, so every request produces exactly `--tokens` speech tokens (upstream:
 stop token disabled and `max_new_tokens` fixed; ours: the bench-only `EngineRequest.fixed_tokens`). Prints a table and writes JSON.
 
     python bench/benchmark.py --checkpoint var/ckpt-full --device cuda --streams 1,8,32,64 --tokens 200
     python bench/benchmark.py --checkpoint var/test-checkpoints/tiny-* --device cpu --streams 1,2 --tokens 30
+    python bench/benchmark.py --checkpoint var/ckpt-turbo-full --device cuda   # Turbo: the directory says so
 
 Figures (all measured inside the process, no network):
 * baseline: wall time of `generate` for one request (it returns audio only at the end, so time to first audio
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.chatterbox.engine import ChatterboxEngine  # noqa: E402
-from app.engine.chatterbox.loader import ChatterboxModels, load_models  # noqa: E402
+from app.engine.chatterbox.loader import ChatterboxModels, detect_model, load_models  # noqa: E402
 from app.engine.config import EngineConfig  # noqa: E402
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer  # noqa: E402
 from bench.streaming_quality import streaming_quality  # noqa: E402
@@ -59,33 +61,63 @@ def baseline(checkpoint: str, device: str, tokens: int, repeats: int) -> dict:
     from chatterbox.tts import ChatterboxTTS, punc_norm
 
     models = load_models(checkpoint, device=device)
+
     tts = ChatterboxTTS(models.t3, models.s3gen, models.ve, models.tokenizer, device, conds=models.conds)
     tts.t3.hp.stop_speech_token = -1  # never sampled: fixed-length generation
     upstream_inference = tts.t3.inference
     tts.t3.inference = lambda **kw: upstream_inference(**{**kw, "max_new_tokens": tokens})
 
-    def timed(fn):
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        return time.perf_counter() - start, result
-
-    timed(lambda: tts.generate(TEXT))  # warm-up
-    totals = [timed(lambda: tts.generate(TEXT))[0] for _ in range(repeats)]
+    timed(lambda: tts.generate(TEXT), device)  # warm-up
+    totals = [timed(lambda: tts.generate(TEXT), device)[0] for _ in range(repeats)]
     text_tokens = torch.cat([tts.tokenizer.text_to_tokens(punc_norm(TEXT))] * 2).to(device)  # CFG rows
     text_tokens = F.pad(F.pad(text_tokens, (1, 0), value=tts.t3.hp.start_text_token), (0, 1), value=tts.t3.hp.stop_text_token)
-    t3_s, speech = timed(lambda: tts.t3.inference(t3_cond=tts.conds.t3, text_tokens=text_tokens, cfg_weight=0.5))
+    t3_s, speech = timed(lambda: tts.t3.inference(t3_cond=tts.conds.t3, text_tokens=text_tokens, cfg_weight=0.5),
+                         device)
     speech = speech[0][speech[0] < 6561]
-    s3_s, wav = timed(lambda: tts.s3gen.inference(speech_tokens=speech, ref_dict=tts.conds.gen))
+    s3_s, wav = timed(lambda: tts.s3gen.inference(speech_tokens=speech, ref_dict=tts.conds.gen), device)
+    del tts, models
+    return _baseline_result(totals, t3_s, s3_s, wav, tokens, device)
+
+
+def baseline_turbo(checkpoint: str, device: str, tokens: int, repeats: int) -> dict:
+    """Upstream Turbo's `generate` (2-step meanflow) on the checkpoint's modules (its `from_local` builds full size
+    only) and the checkpoint's own GPT-2 tokenizer files, as `from_local` reads them."""
+    from chatterbox.tts_turbo import ChatterboxTurboTTS
+    from transformers import AutoTokenizer
+
+    models = load_models(checkpoint, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # as from_local does
+    tts = ChatterboxTurboTTS(models.t3, models.s3gen, models.ve, tokenizer, device, conds=models.conds)
+    tts.t3.hp.stop_speech_token = -1  # never sampled: fixed-length generation
+    upstream_inference = tts.t3.inference_turbo
+    tts.t3.inference_turbo = lambda **kw: upstream_inference(**{**kw, "max_gen_len": tokens})
+    timed(lambda: tts.generate(TEXT), device)  # warm-up
+    totals = [timed(lambda: tts.generate(TEXT), device)[0] for _ in range(repeats)]
+    text_tokens = tts.tokenizer(TEXT, return_tensors="pt").input_ids.to(device)
+    t3_s, speech = timed(lambda: tts.t3.inference_turbo(t3_cond=tts.conds.t3, text_tokens=text_tokens), device)
+    speech = speech[speech < 6561]
+    s3_s, wav = timed(lambda: tts.s3gen.inference(speech_tokens=speech, ref_dict=tts.conds.gen, n_cfm_timesteps=2),
+                      device)
+    del tts, models
+    return _baseline_result(totals, t3_s, s3_s, wav, tokens, device)
+
+
+def _baseline_result(totals: list[float], t3_s: float, s3_s: float, wav, tokens: int, device: str) -> dict:
     audio_s = wav[0].shape[-1] / SAMPLE_RATE
     total = statistics.median(totals)
-    result = {"generate_s": total, "ttfa_ms": total * 1000, "audio_s": audio_s, "rtf": total / audio_s,
-              "t3_tokens_per_s": tokens / t3_s, "s3gen_rtf": s3_s / audio_s}
-    del tts, models
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return result
+    return {"generate_s": total, "ttfa_ms": total * 1000, "audio_s": audio_s, "rtf": total / audio_s,
+            "t3_tokens_per_s": tokens / t3_s, "s3gen_rtf": s3_s / audio_s}
+
+
+def timed(fn, device: str):
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - start, result
 
 
 # ---- ours ---------------------------------------------------------------------------------------------------
@@ -140,7 +172,7 @@ def ours(checkpoint: str, device: str, dtype: str, streams: list[int], tokens: i
 
 def quality(models: ChatterboxModels, cfm_steps: int) -> dict:
     """Streamed vs whole decode on the engine's own (float32) S3Gen module, through a plain eager streamer."""
-    streamer = S3GenStreamer(models.s3gen, cfm_steps=cfm_steps, left_context=50)
+    streamer = S3GenStreamer(models.s3gen, cfm_steps=None if models.model == "turbo" else cfm_steps, left_context=50)
     tokens = torch.randint(0, 6561, (150,), generator=torch.Generator().manual_seed(1))
     q = streaming_quality(streamer, models.conds.gen, tokens, first=10, chunk=40, seed=3)
     return {"snr_db": q.snr_db, "edge_jump_ratio": q.edge_jump_ratio, "chunks": q.chunks,
@@ -150,7 +182,8 @@ def quality(models: ChatterboxModels, cfm_steps: int) -> dict:
 
 def table(result: dict) -> str:
     base = result["baseline"]
-    lines = [f"# {result['device_name']} — {result['tokens']} speech tokens per request, dtype {result['dtype']}",
+    lines = [f"# {result['device_name']} — {result.get('model', 'standard')} model, {result['tokens']} speech tokens per "
+             f"request, dtype {result['dtype']}",
              "", "| system | streams | TTFA p50 ms | TTFA p95 ms | speech tokens/s | RTF (per stream) | x real time |",
              "|---|---|---|---|---|---|---|"]
     if base:
@@ -192,13 +225,17 @@ def main() -> int:
     result = {"device_name": device_name(args.device), "device": args.device, "dtype": dtype,
               "tokens": args.tokens, "cfm_steps": args.cfm_steps, "torch": torch.__version__,
               "command": " ".join(sys.argv)}
-    result["baseline"] = None if args.no_baseline else baseline(args.checkpoint, args.device, args.tokens, args.repeats)
+    run_baseline = baseline_turbo if detect_model(Path(args.checkpoint)) == "turbo" else baseline
+    result["baseline"] = None if args.no_baseline else run_baseline(args.checkpoint, args.device, args.tokens,
+                                                                    args.repeats)
     print(f"baseline: {result['baseline']}", flush=True)
     result["status"], result["ours"], models = ours(args.checkpoint, args.device, dtype, streams, args.tokens,
                                                     args.cfm_steps, not args.no_optimizations, args.compile_mode)
     result["quality"] = quality(models, args.cfm_steps)
+    result["model"] = models.model
     result["peak_gpu_memory_gb"] = (torch.cuda.max_memory_allocated() / 1e9) if args.device.startswith("cuda") else None
-    out = Path(args.out or Path(__file__).parent / "results" / result["device_name"].split(" (")[0].replace(" ", "-") / "benchmark.json")
+    name = "benchmark.json" if models.model == "standard" else f"benchmark-{models.model}.json"
+    out = Path(args.out or Path(__file__).parent / "results" / result["device_name"].split(" (")[0].replace(" ", "-") / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     (out.with_suffix(".md")).write_text(table(result) + "\n")

@@ -9,9 +9,10 @@
 #   any CUDA host with the project installed:  OUT=var/gpu-run DEADLINE=1800 bash bench/gpu_run.sh
 #   CPU smoke test of the script itself (tiny sizes, minutes):  SMOKE=1 OUT=var/gpu-smoke bash bench/gpu_run.sh
 #
-# Order: checkpoint; correctness (GPU tests); T3 decode (kernel count, CUDA graphs, eager, upstream); end to
-# end against upstream generate; S3Gen (bf16 + graphs, fp32 eager); the server under load; T3 under
-# torch.compile (inductor kernels inside our CUDA graphs, to keep the faster).
+# Order: checkpoints (standard, turbo); correctness (GPU tests); end to end against upstream generate (turbo,
+# then standard); a turbo server under load; T3 decode (kernel count, CUDA graphs, eager, upstream); S3Gen
+# (bf16 + graphs, fp32 eager); a standard server under load; T3 under torch.compile (inductor kernels inside our
+# CUDA graphs, to keep the faster).
 set -u
 OUT=${OUT:-var/gpu-run}
 RES=${RES:-/tmp/results}
@@ -37,6 +38,7 @@ else
     PY=${PY:-python3}
 fi
 CKPT=/tmp/ckpt-$SIZE
+TURBO=/tmp/ckpt-turbo-$SIZE
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 
@@ -51,29 +53,35 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit (cut to the time left
     grep -v -i "warn\|deprecat" "$RES/$name.log" | tail -n "${TAIL:-25}"
 }
 
-serve_and_load() {  # the server under load: LLM-paced sessions over real WebSockets, ramped until the SLO breaks
-    $PY -m app.cli serve --engine chatterbox --checkpoint "$CKPT" --port 8000 --voices-dir /tmp/voices \
-        --synthetic-tokens-per-char 1.7 > "$RES/server.log" 2>&1 &
+serve_and_load() {  # serve_and_load MODEL: the server under load, LLM-paced sessions over real WebSockets, ramped
+    local model=$1
+    $PY -m app.cli serve --engine chatterbox --models "$model" --checkpoint "$CKPT" --turbo-checkpoint "$TURBO" \
+        --port 8000 --voices-dir /tmp/voices --synthetic-tokens-per-char 1.7 > "$RES/server-$model.log" 2>&1 &
     local server=$!
-    TAIL=30 step load 150 $PY -m load.loadtest --url ws://127.0.0.1:8000/v1/stream --sessions $SESSIONS \
-        --replies 1 --reply-chars 240 --wait-ready-s 100 --out "$RES/load"
-    curl -s localhost:8000/optimization-status > "$RES/optimization-status.json" 2>/dev/null
+    TAIL=30 step "load-$model" 150 $PY -m load.loadtest --url ws://127.0.0.1:8000/v1/stream --sessions $SESSIONS \
+        --replies 1 --reply-chars 240 --wait-ready-s 100 --out "$RES/load-$model"
+    curl -s localhost:8000/optimization-status > "$RES/optimization-status-$model.json" 2>/dev/null
     kill -TERM $server 2>/dev/null; sleep 3; kill -9 $server 2>/dev/null
-    grep -v -i "warn\|deprecat" "$RES/server.log" | tail -n 15
+    grep -v -i "warn\|deprecat" "$RES/server-$model.log" | tail -n 15
 }
 
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RES/gpu.txt"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
 [ -f "$CKPT/conds.pt" ] || step checkpoint 120 $PY -m app.cli make-checkpoint --size $SIZE "$CKPT"
+[ -f "$TURBO/conds.pt" ] || step checkpoint-turbo 90 $PY -m app.cli make-checkpoint --model turbo --size $SIZE "$TURBO"
 [ "$DEVICE" = cuda ] && step gpu_tests 60 $PY -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_t3_decoder.py \
-    tests/engine/test_s3gen_streaming.py
-step t3_bench 80 $PY bench/t3_decode_bench.py --modes $T3_MODES $T3_ARGS --json "$RES/t3_bench.jsonl"
-TAIL=40 step e2e 170 $PY bench/benchmark.py --checkpoint "$CKPT" --device $DEVICE --streams $STREAMS \
+    tests/engine/test_s3gen_streaming.py tests/engine/test_t3_turbo.py tests/engine/test_s3gen_meanflow.py
+# Turbo first: the model made for voice agents, and the one never measured yet.
+TAIL=40 step e2e-turbo 150 $PY bench/benchmark.py --checkpoint "$TURBO" --device $DEVICE --streams $STREAMS \
+    --tokens $TOKENS --repeats 1 --out "$RES/benchmark-turbo.json"
+TAIL=40 step e2e 150 $PY bench/benchmark.py --checkpoint "$CKPT" --device $DEVICE --streams $STREAMS \
     --tokens $TOKENS --repeats 1 --out "$RES/benchmark.json"
+serve_and_load turbo
+step t3_bench 80 $PY bench/t3_decode_bench.py --modes $T3_MODES $T3_ARGS --json "$RES/t3_bench.jsonl"
 step s3gen_bench 90 $PY bench/s3gen_bench.py $S3_ARGS --modes $S3_MODES --tokens 200 --repeats 1 --skip sweep \
     --json "$RES/s3gen_bench.json"
-serve_and_load
+serve_and_load standard
 [ "$DEVICE" = cuda ] && step t3_compile 120 $PY bench/t3_decode_bench.py --modes compile --compile-mode default \
     $T3_ARGS --json "$RES/t3_bench.jsonl"
 
