@@ -4,7 +4,7 @@
 import { $, announce, authHeaders, setText } from './dom.js';
 import { createConnection } from './connection.js';
 import { createPlayer, JITTER_TARGET_MS } from './player.js';
-import { createRenderer, logEvent, SETTING_INPUTS, showEngine } from './rendering.js';
+import { createRenderer, logEvent, SETTING_INPUTS, showEngine, showModelOptions } from './rendering.js';
 import { createSession } from './session.js';
 import { createSpeaker } from './speaker.js';
 import { initVoicePanel } from './voices.js';
@@ -89,6 +89,7 @@ function init() {
   if (params.get('api_key')) $('api-key').value = params.get('api_key');
   bindRange('rate', 'rate-value', (v) => `${v} tokens/s`);
   bindRange('jitter', 'jitter-value', (v) => `${v}%`);
+  $('model').addEventListener('change', () => { if (demo.engine) showModelOptions(demo.engine); });
   $('mode-whole').addEventListener('change', updateModeControls);
   $('mode-llm').addEventListener('change', updateModeControls);
   updateModeControls();

@@ -3,9 +3,10 @@
 import { $, apiKey, setText } from './dom.js';
 
 // The `start` message of one context; every option a reply can choose goes through here.
-export function startMessage({ contextId, model, voice, sampleRate, chunkSize, generation }) {
+export function startMessage({ contextId, model, language, voice, sampleRate, chunkSize, generation }) {
   return {
     type: 'start', context_id: contextId, voice: voice || 'default', ...(model ? { model } : {}),
+    ...(language ? { language } : {}),
     output: { encoding: 'pcm_f32le', sample_rate: sampleRate },
     chunking: { chunk_size: chunkSize }, generation,
   };

@@ -31,6 +31,38 @@ function showModels(models, defaultModel) {
   select.value = models.includes(chosen) ? chosen : (defaultModel ?? models[0] ?? '');
 }
 
+// What the chosen model offers: its languages, and its tags as buttons that insert them into the text.
+export function showModelOptions(engine) {
+  const model = $('model').value || engine.default_model;
+  const languages = engine.languages?.[model] ?? ['en'];
+  const language = $('language');
+  const chosen = language.value;
+  language.replaceChildren(...languages.map((code) => {
+    const option = document.createElement('option');
+    option.value = code;
+    option.textContent = code;
+    return option;
+  }));
+  language.value = languages.includes(chosen) ? chosen : (languages.includes('en') ? 'en' : languages[0]);
+  const tags = engine.tags?.[model] ?? [];
+  $('tags-field').hidden = tags.length === 0;
+  $('tags').replaceChildren(...tags.map((tag) => {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'tag';
+    button.textContent = tag;
+    button.addEventListener('click', () => insertAtCursor($('text'), `${tag} `));
+    return button;
+  }));
+}
+
+function insertAtCursor(textarea, text) {
+  const { selectionStart: start, selectionEnd: end, value } = textarea;
+  textarea.value = value.slice(0, start) + text + value.slice(end);
+  textarea.selectionStart = textarea.selectionEnd = start + text.length;
+  textarea.focus();
+}
+
 export function showEngine(ready) {
   const engine = ready.engine ?? {};
   const name = engine.engine ?? engine.name ?? 'unknown engine';
@@ -38,6 +70,7 @@ export function showEngine(ready) {
   setText($('engine'), parts.join(' · '));
   $('engine').title = engine.engine_choice ?? '';
   showModels(engine.models ?? [], engine.default_model);
+  showModelOptions(engine);
   $('engine-json').textContent = JSON.stringify({ engine: ready.engine, limits: ready.limits, defaults: ready.defaults }, null, 2);
   // Start from the server's defaults, except for settings the visitor already changed.
   const generation = ready.defaults?.generation ?? {};

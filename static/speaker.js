@@ -61,7 +61,8 @@ export function createSpeaker({ session, player, connection, playback, onChange,
       session.utterances.push(utterance);
       $('transcript').textContent = '';
       connection.send(startMessage({
-        contextId: utterance.id, model: $('model').value, voice: $('voice').value, sampleRate: session.rate,
+        contextId: utterance.id, model: $('model').value, language: $('language').value, voice: $('voice').value,
+        sampleRate: session.rate,
         chunkSize: Number($('chunk-size').value), generation: this.generation(),
       }));
       if (mode === 'llm') {

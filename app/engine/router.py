@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from app.engine.base import Engine
+from app.engine.chatterbox.model_names import MODEL_LANGUAGES
 from app.engine.types import EngineError, EngineInfo, EngineOutput, EngineRequest
 
 
@@ -44,7 +45,9 @@ class ModelRouter(Engine):
         tags = {model: engine.info.details["tags"] for model, engine in self.engines.items()
                 if engine.info.details.get("tags")}
         self.info = EngineInfo(first.name, first.device, first.dtype, first.sample_rate,
-                               {"models": list(self.engines), "default_model": default_model, "tags": tags})
+                               {"models": list(self.engines), "default_model": default_model, "tags": tags,
+                                "languages": {model: list(MODEL_LANGUAGES.get(model, ("en",)))
+                                              for model in self.engines}})
 
     @property
     def voice_key(self) -> str:

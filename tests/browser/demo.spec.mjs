@@ -251,6 +251,14 @@ async function main() {
     const models = await page.locator('#model option').evaluateAll((options) => options.map((o) => o.value));
     const defaultModel = await page.locator('#model').inputValue();
     await page.locator('#model').selectOption(models[models.length - 1]);
+    // Turbo offers its tags as buttons that insert them at the cursor.
+    const tags = await page.locator('#tags button').evaluateAll((buttons) => buttons.map((b) => b.textContent));
+    assert.ok(tags.includes('[laugh]'), `turbo's tags are offered (${tags.join(' ')})`);
+    await page.locator('#text').evaluate((box) => { box.selectionStart = box.selectionEnd = 0; });
+    await page.locator('#tags button', { hasText: '[laugh]' }).click();
+    assert.ok((await page.locator('#text').inputValue()).startsWith('[laugh] '), 'the tag went into the text');
+    const languages = await page.locator('#language option').evaluateAll((options) => options.map((o) => o.value));
+    assert.deepEqual(languages, ['en'], 'turbo speaks English');
 
     log('simulated LLM stream');
     const llm = await streamSimulatedLlm(page);
@@ -266,7 +274,7 @@ async function main() {
       .map((f) => [f.querySelector('dt').textContent, f.querySelector('dd').textContent.trim()])));
     const shots = await screenshots(page, options.out);
     assert.deepEqual(problems, [], 'no errors in the page');
-    const summary = { ok: true, models, defaultModel, voices, voiceLibrary, tabOrder, llm, stop, whole, wav, figures, screenshots: shots, text,
+    const summary = { ok: true, models, defaultModel, tags, voices, voiceLibrary, tabOrder, llm, stop, whole, wav, figures, screenshots: shots, text,
       engine: await page.locator('#engine').textContent() };
     process.stdout.write(`${JSON.stringify(summary)}\n`);
   } finally {
