@@ -34,17 +34,23 @@ import torch  # noqa: E402
 from chatterbox.models.t3.modules.cond_enc import T3Cond  # noqa: E402
 
 from app.engine.chatterbox.arch import build_t3  # noqa: E402
+from app.engine.chatterbox.slot_decoder import SlotDecoder  # noqa: E402
 from app.engine.chatterbox.t3 import T3Decoder  # noqa: E402
+from app.engine.chatterbox.t3_turbo import TurboT3Decoder  # noqa: E402
 from app.engine.types import GenerationSettings  # noqa: E402
 from bench.opcount import KernelCounter, count_kernels  # noqa: E402
 
 MODES = ("kernels", "eager", "graphs", "upstream", "compile")  # compile last: the slowest to get ready
+DECODERS = {"standard": T3Decoder, "turbo": TurboT3Decoder}
+LAYER_METHODS = {"standard": "_layer_forward", "turbo": "_block_forward"}  # one decoder layer, to count its kernels
 CUDA_ONLY = {"graphs": "CUDA graphs need CUDA", "compile": "compiled decoding is measured under CUDA graphs"}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "full"), default="full")
+    parser.add_argument("--model", choices=tuple(DECODERS), default="standard",
+                        help="standard: Llama T3 (CFG rows); turbo: GPT-2 T3 (one row, no CFG)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                         help="default: bfloat16 on CUDA, float32 on CPU")
@@ -63,10 +69,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def random_cond(device: torch.device, dtype: torch.dtype) -> T3Cond:
+def random_cond(t3, device: torch.device, dtype: torch.dtype) -> T3Cond:
     return T3Cond(
         speaker_emb=torch.randn(1, 256),
-        cond_prompt_speech_tokens=torch.randint(0, 6561, (1, 150)),
+        cond_prompt_speech_tokens=torch.randint(0, 6561, (1, t3.hp.speech_cond_prompt_len)),
         emotion_adv=0.5 * torch.ones(1, 1, 1),
     ).to(device=device, dtype=dtype)
 
@@ -76,7 +82,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ours(decoder: T3Decoder, cond: T3Cond, batch: int, args, device: torch.device) -> float:
+def time_ours(decoder: SlotDecoder, cond: T3Cond, batch: int, args, device: torch.device) -> float:
     """Seconds for `args.tokens` decode steps of `batch` streams (after warm-up)."""
     settings = GenerationSettings(cfg_weight=args.cfg_weight, seed=0)
     ids = [f"s{i}" for i in range(batch)]
@@ -96,6 +102,8 @@ def time_ours(decoder: T3Decoder, cond: T3Cond, batch: int, args, device: torch.
 
 
 def time_upstream(t3, cond: T3Cond, args, device: torch.device) -> float:
+    if args.model == "turbo":
+        return time_upstream_turbo(t3, cond, args, device)
     text = torch.randint(1, 700, (args.text_len,))
     text = torch.cat([torch.tensor([t3.hp.start_text_token]), text, torch.tensor([t3.hp.stop_text_token])])
     text = text[None].repeat(2 if args.cfg_weight > 0 else 1, 1).to(device)
@@ -116,7 +124,25 @@ def time_upstream(t3, cond: T3Cond, args, device: torch.device) -> float:
     return elapsed
 
 
-def count_step_kernels(decoder: T3Decoder, cond: T3Cond, batch: int, args) -> dict:
+def time_upstream_turbo(t3, cond: T3Cond, args, device: torch.device) -> float:
+    """Upstream's `inference_turbo` (one stream, Hugging Face cache, a host sync per token)."""
+    text = torch.randint(1, 700, (1, args.text_len), device=device)
+    stop = t3.hp.stop_speech_token
+    t3.hp.stop_speech_token = -1  # no sampled id equals it: the loop runs all max_gen_len steps
+    try:
+        t3.inference_turbo(t3_cond=cond, text_tokens=text, max_gen_len=args.warmup_steps)
+        synchronize(device)
+        started = time.perf_counter()
+        tokens = t3.inference_turbo(t3_cond=cond, text_tokens=text, max_gen_len=args.tokens)
+        synchronize(device)
+        elapsed = time.perf_counter() - started
+    finally:
+        t3.hp.stop_speech_token = stop
+    assert tokens.shape[-1] == args.tokens + 1, tokens.shape  # its first token comes from the prefill
+    return elapsed
+
+
+def count_step_kernels(decoder: SlotDecoder, cond: T3Cond, batch: int, args) -> dict:
     """Kernels one eager decode step dispatches (views excluded), in all and per decoder layer."""
     ids = [f"k{i}" for i in range(batch)]
     for seq_id in ids:
@@ -124,7 +150,8 @@ def count_step_kernels(decoder: T3Decoder, cond: T3Cond, batch: int, args) -> di
         decoder.add(seq_id, cond, torch.randint(1, 700, (args.text_len,)), settings)
     decoder.step(ids)
     layers: list[KernelCounter] = []
-    layer_forward = decoder._layer_forward
+    method = LAYER_METHODS[args.model]
+    layer_forward = getattr(decoder, method)
 
     def counted_layer(*layer_args):
         with KernelCounter() as counter:
@@ -132,11 +159,11 @@ def count_step_kernels(decoder: T3Decoder, cond: T3Cond, batch: int, args) -> di
         layers.append(counter)
         return out
 
-    decoder._layer_forward = counted_layer
+    setattr(decoder, method, counted_layer)
     try:
         step = count_kernels(decoder.step, ids)
     finally:
-        del decoder._layer_forward
+        delattr(decoder, method)
         for seq_id in ids:
             decoder.remove(seq_id)
     in_layers = sum(layer.total for layer in layers)
@@ -144,17 +171,25 @@ def count_step_kernels(decoder: T3Decoder, cond: T3Cond, batch: int, args) -> di
             "kernels_outside_layers": step.total - in_layers, "layer_ops": dict(layers[0].counts)}
 
 
-def build_decoder(mode: str, t3, args, device, dtype, batches: list[int]) -> T3Decoder:
-    decoder = T3Decoder(t3, max_batch=max(batches), max_context=args.max_context, device=device, dtype=dtype,
-                        enable_cuda_graphs=mode in ("graphs", "compile"),
-                        compile_mode=args.compile_mode if mode == "compile" else None)
+def build_decoder(mode: str, t3, cond: T3Cond, args, device, dtype, batches: list[int]) -> SlotDecoder:
+    decoder = DECODERS[args.model](t3, max_batch=max(batches), max_context=args.max_context, device=device,
+                                   dtype=dtype, enable_cuda_graphs=mode in ("graphs", "compile"),
+                                   compile_mode=args.compile_mode if mode == "compile" else None)
     if mode != "eager":
-        rows_per_stream = 2 if args.cfg_weight > 0 else 1
-        prompt = 34 + args.text_len + 3  # conditioning + SOT text EOT + BOS
+        rows_per_stream = decoder.ROWS_PER_STREAM if args.cfg_weight > 0 else 1
+        prompt = prompt_length(decoder, cond, args)
         longest = prompt + args.warmup_steps + args.tokens
         contexts = [*range(prompt + 1, longest + 1, 64), longest + 1]  # every window the timed steps use
         decoder.capture([b * rows_per_stream for b in batches], contexts)
     return decoder
+
+
+def prompt_length(decoder: SlotDecoder, cond: T3Cond, args) -> int:
+    """KV positions one stream's prompt fills (conditioning, text and its markers), read off the decoder."""
+    decoder.add("probe", cond, torch.randint(1, 700, (args.text_len,)), GenerationSettings(cfg_weight=args.cfg_weight))
+    length = decoder.max_context - decoder.tokens_left("probe")
+    decoder.remove("probe")
+    return length
 
 
 def report(row: dict, json_path: Path | None) -> None:
@@ -181,11 +216,11 @@ def main() -> None:
     torch.manual_seed(0)
     started = time.perf_counter()
     with torch.device(device):
-        t3 = build_t3(args.size)
+        t3 = build_t3(args.size, args.model)
     t3 = t3.to(dtype=dtype).eval()
-    cond = random_cond(device, dtype)
+    cond = random_cond(t3, device, dtype)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"T3 {args.size} on {gpu}, {dtype}, {sum(p.numel() for p in t3.parameters()) / 1e6:.0f}M parameters "
+    print(f"T3 {args.model} {args.size} on {gpu}, {dtype}, {sum(p.numel() for p in t3.parameters()) / 1e6:.0f}M parameters "
           f"(built in {time.perf_counter() - started:.1f}s); cfg_weight={args.cfg_weight}, "
           f"{args.tokens} timed steps, text {args.text_len} tokens, torch {torch.__version__}", flush=True)
 
@@ -212,14 +247,14 @@ def run_mode(mode: str, t3, cond: T3Cond, args, device: torch.device, dtype: tor
                 "ms_per_step": 1000 * elapsed / args.tokens, "device": gpu}, args.json)
         return
     if mode == "kernels":
-        decoder = T3Decoder(t3, max_batch=max(batches), max_context=args.max_context, device=device, dtype=dtype,
-                            enable_cuda_graphs=False)
+        decoder = DECODERS[args.model](t3, max_batch=max(batches), max_context=args.max_context, device=device,
+                                       dtype=dtype, enable_cuda_graphs=False)
         for batch in batches:
-            report({"mode": mode, "batch": batch, "layers": len(t3.tfmr.layers), "device": gpu,
+            report({"mode": mode, "batch": batch, "layers": len(getattr(t3.tfmr, "layers", None) or t3.tfmr.h), "device": gpu,
                     **count_step_kernels(decoder, cond, batch, args)}, args.json)
         return
     built = time.perf_counter()
-    decoder = build_decoder(mode, t3, args, device, dtype, batches)
+    decoder = build_decoder(mode, t3, cond, args, device, dtype, batches)
     status = decoder.status()
     print(f"{mode:>9}: ready in {time.perf_counter() - built:.1f}s; capture {status['capture_seconds']}s, "
           f"buckets {status['captured_buckets']}, fallback {status['fallback_reason']}", flush=True)

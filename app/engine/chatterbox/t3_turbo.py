@@ -17,6 +17,7 @@ GPT2Model blocks, its learned position table `wpe`, the speech embedding and the
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from chatterbox.models.t3 import T3
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from transformers import GPT2Config
@@ -115,7 +116,8 @@ class TurboT3Decoder(SlotDecoder):
         qkv = block.attn.c_attn(block.ln_1(x))  # q, k, v side by side, as GPT2Attention splits them
         q, k, v = qkv.view(batch, length, 3, self._heads, self._head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = x + block.attn.c_proj(attend(index, q, k, v).transpose(1, 2).reshape(batch, length, -1))
-        return x + block.mlp.c_proj(block.mlp.act(block.mlp.c_fc(block.ln_2(x))))
+        # GPT-2's "gelu_new" is the tanh approximation of GELU: one fused kernel instead of its seven ops.
+        return x + block.mlp.c_proj(F.gelu(block.mlp.c_fc(block.ln_2(x)), approximate="tanh"))
 
     def _step_inputs(self, rows: int) -> torch.Tensor:
         return self._t3.speech_emb(self._last_token[:rows])[:, None]
@@ -150,6 +152,8 @@ class TurboT3Decoder(SlotDecoder):
 
 def _check_supported(cfg: GPT2Config) -> None:
     """The attention variants this decoder computes: GPT-2's defaults, which Turbo uses (SDPA scales by
-    1/sqrt(head_dim), exactly `scale_attn_weights`)."""
+    1/sqrt(head_dim), exactly `scale_attn_weights`), and its tanh-approximated GELU."""
+    if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"TurboT3Decoder computes the tanh GELU, not {cfg.activation_function}")
     if not cfg.scale_attn_weights or cfg.scale_attn_by_inverse_layer_idx or cfg.add_cross_attention:
         raise ValueError("TurboT3Decoder supports GPT-2's default self-attention only")
