@@ -30,13 +30,16 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from itertools import pairwise
 
 from app.text.normalize import (
     CLOSING_MARKS,
     OPENING_MARKS,
+    SPACELESS_CLAUSE_MARKS,
+    SPACELESS_MARKS,
+    SPACELESS_SENTENCE_MARKS,
     Lookahead,
     StreamNormalizer,
     Word,
@@ -75,6 +78,7 @@ class ChunkerConfig:
     max_word_chars: int = 600
     # The model's bracketed tags (Turbo's "[laugh]", lower case): kept whole and spoken as tags, never split.
     tags: frozenset[str] = frozenset()
+    language: str = "en"  # the text's language (ISO 639-1): its marks and how many characters make a token
 
     def __post_init__(self) -> None:
         if not 25 <= self.chunk_size <= 200:
@@ -93,6 +97,26 @@ class ChunkerConfig:
     @property
     def max_chars(self) -> int:
         return int(self.chunk_size * self.chars_per_token)
+
+    def for_language(self, language: str) -> ChunkerConfig:
+        """These rules for text in `language`: scripts without spaces carry about a token per character, not
+        four, so every length in characters shrinks with `chars_per_token` (budgets stay in tokens)."""
+        per_token = _CHARS_PER_TOKEN.get(language, self.chars_per_token)
+        scale = per_token / self.chars_per_token
+
+        def scaled(chars: int) -> int:
+            return max(1, round(chars * scale))
+
+        return replace(self, language=language, chars_per_token=per_token,
+                       first_chunk_min_chars=scaled(self.first_chunk_min_chars),
+                       first_chunk_max_chars=scaled(self.first_chunk_max_chars),
+                       min_chunk_chars=scaled(self.min_chunk_chars), deadline_min_chars=scaled(self.deadline_min_chars),
+                       max_word_chars=max(2, scaled(self.max_word_chars)))
+
+
+# Characters per LLM/model text token where it differs from English's four: Chinese and Japanese are written
+# without spaces (about a token per character); Korean words are short.
+_CHARS_PER_TOKEN = {"zh": 1.0, "ja": 1.0, "ko": 2.0}
 
 
 @dataclass(frozen=True)
@@ -169,6 +193,10 @@ def _boundary_kind(word: str, starts_line: bool, next_head: str, next_breaks: in
     core = word.rsplit(" ", 1)[-1].rstrip(CLOSING_MARKS)
     mark = core[-1:]
     next_is_lower = next_head[:1].islower()
+    if mark in SPACELESS_SENTENCE_MARKS:
+        return _Kind.SENTENCE  # 。！？ । ؟: no case to tell a quoted question from a sentence end
+    if mark in SPACELESS_CLAUSE_MARKS:
+        return _Kind.CLAUSE
     if mark in ("!", "?"):
         return _Kind.CLAUSE if next_is_lower else _Kind.SENTENCE  # '"Why?" she asked'
     if mark == ".":
@@ -337,7 +365,7 @@ class AdaptiveChunker:
     # -- state --------------------------------------------------------------------------------------------
 
     def _reset_stream(self) -> None:
-        self._normalizer = StreamNormalizer(self.config.tags)
+        self._normalizer = StreamNormalizer(self.config.tags, self.config.language)
         self._pending = _Pending()
         self._first = True
         self._head_since = None
@@ -369,8 +397,8 @@ class AdaptiveChunker:
         lookahead = self._normalizer.lookahead
         if lookahead is None or self._last_text_at is None:
             return False
-        word = normalize_word(lookahead.head[-_CONTEXT_CHARS:], starts_line=False)
-        if not word.rstrip(CLOSING_MARKS).endswith((".", "!", "?")):
+        word = normalize_word(lookahead.head[-_CONTEXT_CHARS:], starts_line=False, language=self.config.language)
+        if not word.rstrip(CLOSING_MARKS).endswith((".", "!", "?", *SPACELESS_SENTENCE_MARKS)):
             return False
         return _boundary_kind(word, False, "A", 0) is not _Kind.NEVER
 
@@ -402,7 +430,7 @@ class AdaptiveChunker:
         pending = self._pending
         pending.text += word.sep + word.text
         units = pending.units
-        if word.sep == "" and units:
+        if word.sep == "" and units and not units[-1].text.endswith(tuple(SPACELESS_MARKS)):
             units[-1].text += word.text
             units[-1].end = len(pending.text)
             units[-1].source += word.source

@@ -82,7 +82,13 @@ class _CharTable(dict):
 
 _CHAR_TABLE = _CharTable()
 
-_RUN = re.compile(r"\s+|\S+")
+# Scripts written without spaces between sentences and clauses (CJK) or with their own marks (Devanagari,
+# Arabic) end them with these; the normalizer keeps them and treats the place after one as a word boundary
+# without a space, so the chunker can cut there.
+SPACELESS_SENTENCE_MARKS = "\u3002\uff01\uff1f\u0964\u0965\u061f"  # 。！？ । ॥ ؟
+SPACELESS_CLAUSE_MARKS = "\uff0c\u3001\uff1b\uff1a\u060c\u061b"  # ，、；： ، ؛
+SPACELESS_MARKS = SPACELESS_SENTENCE_MARKS + SPACELESS_CLAUSE_MARKS
+_RUN = re.compile(rf"\s+|[^\s{SPACELESS_MARKS}]*[{SPACELESS_MARKS}]+|[^\s{SPACELESS_MARKS}]+")
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 
 # Word rules (applied to one complete word).
@@ -112,10 +118,13 @@ def _tidy_punct_run(match: re.Match[str]) -> str:
     return marks.replace(",", "")  # "wait…?" -> "wait?", not "wait,?"
 
 
-def normalize_word(raw: str, starts_line: bool, tags: frozenset[str] = frozenset()) -> str:
+def normalize_word(raw: str, starts_line: bool, tags: frozenset[str] = frozenset(), language: str = "en") -> str:
     """Normalize one whitespace-free word (or a multi-word tag); "" drops it. `starts_line`: it is the first word
-    of its line. A known tag (`tags`, lower case, brackets included) stays as it is, with the marks after it."""
+    of its line. A known tag (`tags`, lower case, brackets included) stays as it is, with the marks after it.
+    Greek writes its question mark as ";" (NFC makes U+037E one): a question, not a pause."""
     word = unicodedata.normalize("NFC", raw)
+    if language == "el":
+        word = word.replace(";", "?")
     tag = _TAG.fullmatch(word)
     if tag and tag.group(1).lower() in tags:
         return tag.group(1).lower() + _PUNCT_RUN.sub(_tidy_punct_run, tag.group(2))
@@ -164,19 +173,21 @@ class Lookahead:
 CLOSING_MARKS = "\"')]}"
 OPENING_MARKS = "\"'([{"
 _SENTENCE_OR_CLAUSE_MARKS = ",.!?"
+_FINAL_MARKS = _SENTENCE_OR_CLAUSE_MARKS + SPACELESS_MARKS
 
 
 def _ends_with_mark(text: str) -> bool:
     mark = text.rstrip(CLOSING_MARKS)[-1:]
-    return mark != "" and mark in _SENTENCE_OR_CLAUSE_MARKS
+    return mark != "" and mark in _FINAL_MARKS
 
 
 class StreamNormalizer:
     """Incremental `normalize_stream`: feed pieces, get the words that became final. `tags`: the model's
     bracketed tags (lower case), kept whole and verbatim; a tag of several words is read as one word."""
 
-    def __init__(self, tags: frozenset[str] = frozenset()) -> None:
+    def __init__(self, tags: frozenset[str] = frozenset(), language: str = "en") -> None:
         self._tags = tags
+        self._language = language
         self._tag_prefixes = frozenset(tag[:end + 1] for tag in tags for end, char in enumerate(tag) if char == " ")
         self._start_over()
 
@@ -225,7 +236,7 @@ class StreamNormalizer:
         """Emit the word being read even though it may continue; it claims every character read so far."""
         out: list[Word] = []
         if self._word:
-            self._glue_next = not self._word_complete
+            self._glue_next = self._glue_next or not self._word_complete
             self._emit(out)
             self._claim_rest(out)
         return out
@@ -275,6 +286,8 @@ class StreamNormalizer:
         if not self._word:
             self._start_word(out)
         self._word += run
+        if run[-1] in SPACELESS_MARKS:  # "你好，" is complete; "你好吗" follows it without a space
+            self._word_complete = self._glue_next = True
 
     def _start_word(self, out: list[Word]) -> None:
         if self._breaks:
@@ -289,7 +302,7 @@ class StreamNormalizer:
         self._glue_next = False
 
     def _emit(self, out: list[Word]) -> None:
-        text = normalize_word(self._word, self._word_starts_line, self._tags)
+        text = normalize_word(self._word, self._word_starts_line, self._tags, self._language)
         breaks = max(self._word_breaks, self._carried_breaks)
         sep = "" if self._word_glued or _ATTACHES.match(text) else " "
         self._word, self._word_complete = "", False
@@ -349,26 +362,22 @@ def normalize_stream(text: str, tags: frozenset[str] = frozenset()) -> str:
 
 
 _LEADING_MARKS = re.compile(r"^[\s,.!?]+")
+_LEADING_TAGS = re.compile(r"(?:\[[^\]]*\] *)*")
 
 
 def _split_final_marks(text: str) -> tuple[str, str, str]:
     """(body, its final ",.!?" run, the closing quotes and brackets after it); rstrip, not a regex, so that a
     long run of marks costs linear time."""
     without_closers = text.rstrip(CLOSING_MARKS)
-    body = without_closers.rstrip(_SENTENCE_OR_CLAUSE_MARKS)
+    body = without_closers.rstrip(_FINAL_MARKS)
     return body, without_closers[len(body):], text[len(without_closers):]
 
 
 def _capitalise(text: str) -> str:
     """Upper-case the first letter, also behind opening quotes (`punc_norm` only looks at the first one), but
-    not inside a leading [tag] (the normalizer leaves brackets only around a model's tags)."""
-    if text.startswith("["):
-        end = text.find("]") + 1
-        if end:
-            rest = text[end:]
-            stripped = rest.lstrip(" ")
-            return text[:end] + rest[:len(rest) - len(stripped)] + _capitalise(stripped) if stripped else text
-    start = len(text) - len(text.lstrip(OPENING_MARKS))
+    not inside leading [tags] (the normalizer leaves brackets only around a model's tags)."""
+    start = _LEADING_TAGS.match(text).end()  # type: ignore[union-attr]  # it matches the empty string
+    start += len(text[start:]) - len(text[start:].lstrip(OPENING_MARKS))
     if text[start:start + 1].islower():
         return text[:start] + text[start].upper() + text[start + 1:]
     return text
@@ -385,10 +394,10 @@ def prepare_for_engine(chunk_text: str, ends_sentence: bool) -> str:
     if not any(char.isalnum() for char in text):
         return ""
     body, marks, closers = _split_final_marks(_capitalise(text))
-    marks = marks.rstrip(",") if ends_sentence else marks
+    marks = marks.rstrip("," + SPACELESS_CLAUSE_MARKS) if ends_sentence else marks
     if ends_sentence:
         final = marks if marks else "."
-    elif marks.endswith(("!", "?", ",")):
+    elif marks.endswith(("!", "?", ",", *SPACELESS_MARKS)):
         final = marks
     else:
         final = marks + ","  # "the U.S.," keeps the abbreviation and still continues

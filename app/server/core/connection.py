@@ -234,7 +234,7 @@ class Connection:
         voice = await self.services.conditionals(spec.voice, spec.model)  # a VoiceError is a ClientError
         serial = self._next_serial
         self._next_serial += 1
-        chunking = runtime.chunker_config(spec.chunk_size, self.services.tags(model))
+        chunking = runtime.chunker_config(spec.chunk_size, self.services.tags(model), spec.language)
         context = StreamContext(self, spec, serial, voice, chunking, encoder, framing(serial))
         self.contexts[context_id] = context
         if self.key is not None:

@@ -69,10 +69,12 @@ class Runtime:
     def chunk_size(self, chunk_size: int) -> None:
         self.chunking = dataclasses.replace(self.chunking, chunk_size=chunk_size)
 
-    def chunker_config(self, chunk_size: int | None = None, tags: frozenset[str] = frozenset()) -> ChunkerConfig:
-        """The rules for a new context: the server's, with the context's own chunk size if it chose one and its
-        model's tags."""
-        return dataclasses.replace(self.chunking, chunk_size=chunk_size or self.chunk_size, tags=tags)
+    def chunker_config(self, chunk_size: int | None = None, tags: frozenset[str] = frozenset(),
+                       language: str = "en") -> ChunkerConfig:
+        """The rules for a new context: the server's, with the context's own chunk size if it chose one, its
+        model's tags and its language."""
+        config = dataclasses.replace(self.chunking, chunk_size=chunk_size or self.chunk_size, tags=tags)
+        return config.for_language(language)
 
     def mark_ready(self) -> None:
         self.ready = True

@@ -363,7 +363,7 @@ class SpeechService:
         conditionals = await self.services.conditionals(request.voice, request.model)
         # A chunk with nothing to speak (bare punctuation) stays: no engine request, but its characters are
         # the caller's and belong in a transcript.
-        chunks = self._chunks(request.text, self.services.tags(model))
+        chunks = self._chunks(request.text, self.services.tags(model), request.language)
         if not any(chunk.speak_text for chunk in chunks):
             raise ClientError("nothing_to_speak", "the text has nothing to speak (no letters or digits)",
                               UNPROCESSABLE)
@@ -375,8 +375,8 @@ class SpeechService:
         timings = SpeechTimings(received=received, sample_rate=self.services.sample_rate)
         return Speech(self.services, self.cache, request, audio, chunks, conditionals, key, timings, client)
 
-    def _chunks(self, text: str, tags: frozenset[str]) -> list[TextChunk]:
-        chunker = AdaptiveChunker(self.services.runtime.chunker_config(tags=tags))
+    def _chunks(self, text: str, tags: frozenset[str], language: str) -> list[TextChunk]:
+        chunker = AdaptiveChunker(self.services.runtime.chunker_config(tags=tags, language=language))
         now = time.monotonic()
         return chunker.push(text, now, WHOLE_TEXT_BUFFER_S) + chunker.end()
 
