@@ -1,5 +1,6 @@
 """End-to-end benchmark: chatterbox's own `generate` against our engine, in the same run, for the checkpoint's
-model (standard: `ChatterboxTTS`; turbo: `ChatterboxTurboTTS`, loaded by its own `from_local`).
+model (standard: `ChatterboxTTS`; turbo: `ChatterboxTurboTTS`; multilingual: `ChatterboxMultilingualTTS` in
+English, its alignment analyzer on, as ours).
 
 Random weights never stop on their own, so every request produces exactly `--tokens` speech tokens (upstream:
 stop token disabled and `max_new_tokens` fixed; ours: the bench-only `EngineRequest.fixed_tokens`). Prints a table and writes JSON.
@@ -55,21 +56,34 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)"
 
 
-# ---- baseline: upstream ChatterboxTTS.generate ------------------------------------------------------------
+# ---- baseline: upstream generate ---------------------------------------------------------------------------
 
-def baseline(checkpoint: str, device: str, tokens: int, repeats: int) -> dict:
+LANGUAGE = "en"  # the multilingual model's language for the benchmark text
+ALIGNMENT_LAYERS = (9, 12, 13, 15)  # the layers upstream's AlignmentStreamAnalyzer spies on
+
+
+def baseline(checkpoint: str, device: str, tokens: int, repeats: int) -> dict | None:
+    """Upstream `ChatterboxTTS.generate` (standard) or `ChatterboxMultilingualTTS.generate` (multilingual, with
+    its alignment analyzer) on the checkpoint's modules; the T3 and S3Gen parts timed through the same calls."""
+    from chatterbox.mtl_tts import ChatterboxMultilingualTTS
     from chatterbox.tts import ChatterboxTTS, punc_norm
 
     models = load_models(checkpoint, device=device)
-
-    tts = ChatterboxTTS(models.t3, models.s3gen, models.ve, models.tokenizer, device, conds=models.conds)
+    multilingual = models.model == "multilingual"
+    if multilingual and len(models.t3.tfmr.layers) <= max(ALIGNMENT_LAYERS):
+        print("baseline skipped: upstream's alignment analyzer reads layers up to "
+              f"{max(ALIGNMENT_LAYERS)}, this checkpoint has {len(models.t3.tfmr.layers)} (full size only)")
+        return None
+    upstream = ChatterboxMultilingualTTS if multilingual else ChatterboxTTS
+    tts = upstream(models.t3, models.s3gen, models.ve, models.tokenizer, device, conds=models.conds)
     tts.t3.hp.stop_speech_token = -1  # never sampled: fixed-length generation
     upstream_inference = tts.t3.inference
     tts.t3.inference = lambda **kw: upstream_inference(**{**kw, "max_new_tokens": tokens})
+    language = {"language_id": LANGUAGE} if multilingual else {}
 
-    timed(lambda: tts.generate(TEXT), device)  # warm-up
-    totals = [timed(lambda: tts.generate(TEXT), device)[0] for _ in range(repeats)]
-    text_tokens = torch.cat([tts.tokenizer.text_to_tokens(punc_norm(TEXT))] * 2).to(device)  # CFG rows
+    timed(lambda: tts.generate(TEXT, **language), device)  # warm-up
+    totals = [timed(lambda: tts.generate(TEXT, **language), device)[0] for _ in range(repeats)]
+    text_tokens = torch.cat([tts.tokenizer.text_to_tokens(punc_norm(TEXT), **language)] * 2).to(device)  # CFG rows
     text_tokens = F.pad(F.pad(text_tokens, (1, 0), value=tts.t3.hp.start_text_token), (0, 1), value=tts.t3.hp.stop_text_token)
     t3_s, speech = timed(lambda: tts.t3.inference(t3_cond=tts.conds.t3, text_tokens=text_tokens, cfg_weight=0.5),
                          device)

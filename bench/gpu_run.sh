@@ -11,7 +11,7 @@
 #
 # Order: checkpoints (standard, turbo); correctness (GPU tests); end to end against upstream generate (turbo,
 # then standard); a turbo server under load; T3 decode (kernel count, CUDA graphs, eager, upstream); S3Gen
-# (bf16 + graphs, fp32 eager); a standard server under load; T3 under torch.compile (inductor kernels inside our
+# (bf16 + graphs, fp32 eager); a standard server under load; multilingual end to end; T3 under torch.compile (inductor kernels inside our
 # CUDA graphs, to keep the faster).
 set -u
 OUT=${OUT:-var/gpu-run}
@@ -39,6 +39,7 @@ else
 fi
 CKPT=/tmp/ckpt-$SIZE
 TURBO=/tmp/ckpt-turbo-$SIZE
+MTL=/tmp/ckpt-multilingual-$SIZE
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 
@@ -82,6 +83,10 @@ step t3_bench 80 $PY bench/t3_decode_bench.py --modes $T3_MODES $T3_ARGS --json 
 step s3gen_bench 90 $PY bench/s3gen_bench.py $S3_ARGS --modes $S3_MODES --tokens 200 --repeats 1 --skip sweep \
     --json "$RES/s3gen_bench.json"
 serve_and_load standard
+[ -f "$MTL/conds.pt" ] || step checkpoint-multilingual 90 $PY -m app.cli make-checkpoint --model multilingual \
+    --size $SIZE "$MTL"
+TAIL=40 step e2e-multilingual 150 $PY bench/benchmark.py --checkpoint "$MTL" --device $DEVICE --streams $STREAMS \
+    --tokens $TOKENS --repeats 1 --out "$RES/benchmark-multilingual.json"
 [ "$DEVICE" = cuda ] && step t3_compile 120 $PY bench/t3_decode_bench.py --modes compile --compile-mode default \
     $T3_ARGS --json "$RES/t3_bench.jsonl"
 
