@@ -35,6 +35,10 @@ class Sequence:
     next_audio_at: int = 0  # token count at which the next audio chunk is decoded
     finished: bool = False
     state: Any = None  # model-runner state (e.g. the S3Gen stream)
+    # Word timing (models whose aligned heads measure it): the text position reached after each speech token,
+    # and the word index of each text token.
+    spoken: list[int] = field(default_factory=list)
+    token_words: list[int | None] | None = None
 
     @property
     def request_id(self) -> str:

@@ -127,6 +127,9 @@ class EngineOutput:
     finished: bool = False
     speech_tokens: int = 0  # tokens generated for this request so far
     error: EngineError | None = None
+    # On the final output, where the model measures them: (start, end) seconds of each word of the request's
+    # text (split at spaces), from the start of its audio.
+    word_times: list[tuple[float, float]] | None = None
 
     @classmethod
     def failed(cls, request_id: str, error: EngineError) -> EngineOutput:

@@ -67,7 +67,8 @@ class Control:
 ClientMessage = Start | Text | Control
 
 _FIELDS = {
-    "start": {"type", "context_id", "voice", "model", "language", "output", "generation", "chunking", "priority"},
+    "start": {"type", "context_id", "voice", "model", "language", "alignment", "output", "generation", "chunking",
+              "priority"},
     "text": {"type", "context_id", "text"},
     "flush": {"type", "context_id"},
     "cancel": {"type", "context_id"},
@@ -127,7 +128,10 @@ def _parse_start(data: dict[str, Any], context_id: str, base: GenerationSettings
         names[field] = data.get(field, "")
         if not isinstance(names[field], str) or len(names[field]) > MAX_ID_CHARS:
             raise fail("bad_request", f"{field} must be a string of at most {MAX_ID_CHARS} characters")
-    spec = ContextSpec(context_id=context_id, voice=voice,
+    alignment = data.get("alignment", False)
+    if not isinstance(alignment, bool):
+        raise fail("bad_request", "alignment must be true or false")
+    spec = ContextSpec(context_id=context_id, voice=voice, alignment=alignment,
                        generation=_parse_generation(data.get("generation", {}), base, fail),
                        chunk_size=_parse_chunking(data.get("chunking", {}), fail), priority=priority, **names)
     return Start(spec, output=_parse_output(data.get("output", {}), fail))
@@ -198,6 +202,14 @@ def started_event(context_id: str, channel: int, output: OutputFormat) -> str:
 
 def chunk_started_event(context_id: str, chunk: int, text: str) -> str:
     return event("chunk_started", context_id=context_id, chunk=chunk, text=text)
+
+
+def alignment_event(context_id: str, chunk: int, words: list[str], times: list[tuple[float, float]]) -> str:
+    """Measured word times of a chunk's audio (ms from its first sample): the words the model spoke, each with
+    the time the aligned attention heads reached it."""
+    spoken = [{"word": word, "start_ms": round(start * 1000), "end_ms": round(end * 1000)}
+              for word, (start, end) in zip(words, times)]
+    return event("alignment", context_id=context_id, chunk=chunk, words=spoken, measured=True)
 
 
 def chunk_done_event(context_id: str, chunk: int, stats: dict[str, Any]) -> str:

@@ -36,6 +36,9 @@ class NativeFraming(Framing):
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
         return p.audio_frame(self.channel, data)
 
+    def alignment(self, chunk: TextChunk, word_times: list[tuple[float, float]]) -> Payload:
+        return p.alignment_event(self.context_id, chunk.index, chunk.speak_text.split(), word_times)
+
     def chunk_done(self, chunk: TextChunk, stats: StatsSource) -> Payload:
         return lambda: p.chunk_done_event(self.context_id, chunk.index, stats())
 

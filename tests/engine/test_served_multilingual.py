@@ -40,3 +40,30 @@ def test_unsupported_language_is_refused_before_synthesis(server):
     response = server.post("/synthesize", json={"text": "Hola.", "language": "xx"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_language"
     assert metric_samples(server).get("chatterbox_chunks_total{model=multilingual}", 0) == before
+
+
+def bare(words: list[str]) -> list[str]:
+    return [word.strip(".?!,।").lower() for word in words]
+
+
+@pytest.mark.parametrize("language", ["en", "ru", "hi"])
+async def test_alignment_events_time_every_word_in_order(server, language):
+    """Opt-in `alignment`: per chunk, measured times for each word spoken, in order, monotone, inside the chunk's
+    audio; none without the opt-in."""
+    async with open_session(server.ws_url) as session:
+        channel = await session.start("a", language=language, alignment=True)
+        await session.send("text", context_id="a", text=SAMPLES[language])
+        await session.send("end", context_id="a")
+        done = await session.until("done", "a")
+        aligned = session.events("alignment", "a")
+        chunks = session.events("chunk_done", "a")
+        await session.speak("b", SAMPLES[language], language=language)
+        assert session.events("alignment", "b") == []
+    assert len(aligned) == len(chunks) >= 1 and done["stats"]["audio_s"] > 0
+    spoken = [word["word"] for event in aligned for word in event["words"]]
+    assert bare(spoken) == bare(SAMPLES[language].split())  # every word, in order
+    for event in aligned:
+        starts = [word["start_ms"] for word in event["words"]]
+        assert event["measured"] is True and starts == sorted(starts) and starts[0] == 0
+        assert all(word["start_ms"] <= word["end_ms"] for word in event["words"])
+    assert len(session.audio(channel)) > 0

@@ -30,6 +30,7 @@ from app.engine.chatterbox.s3gen_stream import S3GenStreamer
 from app.engine.chatterbox.slot_decoder import SlotDecoder
 from app.engine.chatterbox.t3 import T3Decoder
 from app.engine.chatterbox.t3_turbo import TurboT3Decoder
+from app.engine.chatterbox.word_timing import word_times, words_of_tokens
 from app.engine.config import EngineConfig
 from app.engine.scheduler import Scheduler, Sequence
 from app.engine.types import SAMPLE_RATE, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
@@ -64,7 +65,9 @@ class ChatterboxEngine(Engine):
                                    lookahead=self.s3gen.lookahead)
         # Reading tokens back costs a device sync: on a GPU batch it over several steps.
         self.sync_every = 8 if config.on_cuda else 1
+        # (batch, its sampled tokens, then the text positions its aligned heads reached when they measure them)
         self._unsynced_steps: list[tuple[list[Sequence], torch.Tensor]] = []
+        self._word_separator = _word_separator(models) if self.decoder.measures_alignment else None
         self.watermarker = _make_watermarker() if config.watermark else None
         self.compile_seconds: float | None = None
         self.s3gen_warmup: dict | None = None
@@ -93,7 +96,10 @@ class ChatterboxEngine(Engine):
         outputs = self._admit(only)
         batch = self.scheduler.decode_batch(only)
         if batch:
-            tokens = self.decoder.step([s.request_id for s in batch])
+            ids = [s.request_id for s in batch]
+            tokens = self.decoder.step(ids)
+            if self._word_separator is not None:  # read back with the tokens, in the same device sync
+                tokens = torch.cat([tokens, self.decoder.spoken_text_positions(ids)])
             for sequence in batch:
                 sequence.unsynced += 1
             self._unsynced_steps.append((batch, tokens))
@@ -121,6 +127,8 @@ class ChatterboxEngine(Engine):
         request = sequence.request
         voice = request.voice if request.voice is not None else self.models.conds
         text_tokens = self._text_tokens(request)
+        if self._word_separator is not None:
+            sequence.token_words = words_of_tokens(text_tokens.tolist(), self._word_separator)
         t3_cond = _with_exaggeration(voice.t3, request.settings.exaggeration, self.device)
         self.decoder.add(request.request_id, t3_cond, text_tokens, request.settings)
         sequence.state = self.s3gen.open(voice.gen, seed=request.settings.seed)
@@ -147,6 +155,9 @@ class ChatterboxEngine(Engine):
         for batch, _ in steps:
             for sequence in batch:
                 self.scheduler.postprocess(sequence, next(values))
+            if self._word_separator is not None:
+                for sequence in batch:
+                    sequence.spoken.append(next(values))
 
     # ---- audio --------------------------------------------------------------------------------------------
 
@@ -176,7 +187,7 @@ class ChatterboxEngine(Engine):
         if sequence.finished:
             self.decoder.remove(sequence.request_id)  # frees its rows
         return EngineOutput(sequence.request_id, pcm, finished=sequence.finished,
-                            speech_tokens=len(sequence.tokens))
+                            speech_tokens=len(sequence.tokens), word_times=_word_times(sequence))
 
     # ---- voices -------------------------------------------------------------------------------------------
 
@@ -226,6 +237,20 @@ def _decoder(models: ChatterboxModels, config: EngineConfig, compile_mode: str |
     if models.t3.is_gpt:
         return TurboT3Decoder(models.t3, **common)
     return T3Decoder(models.t3, **common)
+
+
+def _word_separator(models: ChatterboxModels) -> int | None:
+    """The text token between words (the multilingual tokenizer's `[SPACE]`), if the tokenizer has one."""
+    vocabulary = getattr(models.tokenizer, "tokenizer", None)
+    return vocabulary.token_to_id("[SPACE]") if vocabulary is not None else None
+
+
+def _word_times(sequence: Sequence) -> list[tuple[float, float]] | None:
+    """A finished sequence's measured word times (None while it runs, or where nothing was measured)."""
+    if not sequence.finished or sequence.token_words is None:
+        return None
+    voiced = len(_speech_tokens(sequence))
+    return word_times(sequence.spoken[:voiced], sequence.token_words)
 
 
 def _speech_tokens(sequence: Sequence) -> torch.Tensor:

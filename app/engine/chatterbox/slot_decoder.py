@@ -188,6 +188,11 @@ class SlotDecoder(ABC):
         self._compact()
         self._layout_key = None
 
+    @property
+    def measures_alignment(self) -> bool:
+        """Whether `spoken_text_positions` reports measured positions (an alignment guard runs)."""
+        return False
+
     def spoken_text_positions(self, seq_ids: list[str]) -> torch.Tensor:
         """After a `step` of exactly `seq_ids`: per sequence, the furthest text position (0 = start of text)
         the aligned heads have reached, a (len(seq_ids),) device tensor; -1 where no guard runs."""

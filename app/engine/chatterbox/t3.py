@@ -108,6 +108,10 @@ class T3Decoder(SlotDecoder):
         stream = self._streams[seq_id]
         return min(super().tokens_left(seq_id), self._speech_positions - stream.generated)
 
+    @property
+    def measures_alignment(self) -> bool:
+        return self._alignment is not None
+
     def spoken_text_positions(self, seq_ids: list[str]) -> torch.Tensor:
         if self._alignment is None:
             return super().spoken_text_positions(seq_ids)

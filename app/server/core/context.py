@@ -48,6 +48,10 @@ class Framing:
     def chunk_started(self, chunk: TextChunk) -> Payload:
         return None
 
+    def alignment(self, chunk: TextChunk, word_times: list[tuple[float, float]]) -> Payload:
+        """Measured word times of a chunk, for a context that asked for them."""
+        return None
+
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
         """One frame of encoded audio. `chunk` is the text it speaks (None for an encoder's held-back tail);
         `chunk_ends` is set on the chunk's last frame when the engine marked its final piece."""
@@ -231,17 +235,28 @@ class StreamContext:
         if self.encoder.cpu_heavy:
             return self._encode_off_loop(piece)
         job = piece.job
+        if piece.ends_chunk:
+            self._send_alignment(job)
         self._queue_audio(self.encoder.encode(piece.pcm), job.times, job.chunk, piece.ends_chunk)
         return None
+
+    def _send_alignment(self, job: ChunkJob) -> None:
+        """With the chunk's last audio (or before its `chunk_done` when that had none), once."""
+        if self.spec.alignment and job.word_times is not None and not job.alignment_sent:
+            job.alignment_sent = True
+            self.outbox.send(self.framing.alignment(job.chunk, job.word_times), owner=self)
 
     async def _encode_off_loop(self, piece: AudioPiece) -> None:
         """MP3 and resampling in a thread, so other streams are not held up; `deliver` awaits it before the
         next event, so frames stay in order."""
         data = await asyncio.to_thread(self.encoder.encode, piece.pcm)
         if not self.closed:
+            if piece.ends_chunk:
+                self._send_alignment(piece.job)
             self._queue_audio(data, piece.job.times, piece.job.chunk, piece.ends_chunk)
 
     def on_chunk_done(self, job: ChunkJob) -> None:
+        self._send_alignment(job)
         self._last_times = job.times
         self.outbox.send(self.framing.chunk_done(job.chunk, job.times.as_stats), owner=self)
 

@@ -46,6 +46,9 @@ class ChunkJob:
         self._handle: RequestHandle | None = None
         self._reader: asyncio.Task | None = None
         self.ticket: Ticket | None = None  # its place in the client's quota, if it has one
+        # Measured (start, end) seconds of each word, from the engine's final output where the model measures them.
+        self.word_times: list[tuple[float, float]] | None = None
+        self.alignment_sent = False
 
     def start(self, handle: RequestHandle) -> None:
         self._handle = handle
@@ -69,6 +72,8 @@ class ChunkJob:
     async def _collect(self, handle: RequestHandle) -> None:
         try:
             async for output in handle:
+                if output.word_times is not None:
+                    self.word_times = output.word_times
                 if output.pcm.size:
                     if output.finished:
                         self.last_piece = output.pcm

@@ -40,6 +40,7 @@ class ContextSpec:
     priority: int = 0
     model: str = ""
     language: str = ""  # ISO 639-1 ("": English), checked against the model by `Services.resolve_language`
+    alignment: bool = False  # send measured word times per chunk (models that measure them)
 
 
 def check_name(value: Any, field: str) -> str:
