@@ -135,7 +135,8 @@ def test_seeded_requests_are_cached_through_extra_body(client):
     ({"model": "whisper-1"}, openai.NotFoundError, "model", "model_not_found"),
     ({"stream_format": "chunks"}, openai.BadRequestError, "stream_format", "invalid_value"),
     ({"extra_body": {"temperature": 99}}, openai.BadRequestError, None, "invalid_settings"),
-    ({"extra_body": {"language": "en"}}, openai.BadRequestError, "language", "unknown_parameter"),
+    ({"extra_body": {"language": "xx"}}, openai.BadRequestError, "language", "unsupported_language"),
+    ({"extra_body": {"style_prompt": "calm"}}, openai.BadRequestError, "style_prompt", "unknown_parameter"),
 ])
 def test_errors_come_in_openais_shape(client, options, error_class, param, code):
     with pytest.raises(error_class) as caught:

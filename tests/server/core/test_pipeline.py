@@ -60,7 +60,9 @@ async def collect(events: AsyncIterator[Event]) -> list[Event]:
 
 
 def metric(metrics: Metrics, name: str) -> float:
-    return metrics.registry.get_sample_value(name) or 0.0
+    """A sample summed over its label sets (the per-chunk metrics carry a `model` label)."""
+    return sum(sample.value for family in metrics.registry.collect() for sample in family.samples
+               if sample.name == name)
 
 
 async def test_chunks_synthesize_concurrently_and_come_back_in_order_with_markers(worker):
