@@ -91,12 +91,10 @@ events = st.lists(st.tuples(st.floats(0, 1.0), st.sampled_from([0.0, 0.5, 1.0, 2
                   min_size=1, max_size=12)
 
 
-@FAST
-@given(any_text, st.lists(st.integers(min_value=0), max_size=20), events, configs)
-def test_chunks_rejoin_exactly_for_any_split_and_polls(text: str, cuts: list[int],
-                                                       timeline: list[tuple[float, float, bool]],
-                                                       config: ChunkerConfig) -> None:
-    chunker = AdaptiveChunker(config)
+def play(chunker: AdaptiveChunker, text: str, cuts: list[int], timeline: list[tuple[float, float, bool]]
+         ) -> tuple[list[TextChunk], float]:
+    """The text split at `cuts`, pushed on the timeline's clock (polling first where it says); the chunks and
+    the clock at the end. Every deadline it reports lies ahead of the clock."""
     chunks: list[TextChunk] = []
     now = 0.0
     for piece, (dt, buffered, poll_first) in zip(split_at(text, cuts), itertools.cycle(timeline)):
@@ -106,8 +104,17 @@ def test_chunks_rejoin_exactly_for_any_split_and_polls(text: str, cuts: list[int
             deadline = chunker.next_deadline()
             assert deadline is None or deadline > now
         chunks += chunker.push(piece, now, buffered)
-    chunks += chunker.end()
-    assert_well_formed(chunks, text)
+    return chunks, now
+
+
+@FAST
+@given(any_text, st.lists(st.integers(min_value=0), max_size=20), events, configs)
+def test_chunks_rejoin_exactly_for_any_split_and_polls(text: str, cuts: list[int],
+                                                       timeline: list[tuple[float, float, bool]],
+                                                       config: ChunkerConfig) -> None:
+    chunker = AdaptiveChunker(config)
+    chunks, _ = play(chunker, text, cuts, timeline)
+    assert_well_formed(chunks + chunker.end(), text)
 
 
 @FAST
@@ -115,13 +122,7 @@ def test_chunks_rejoin_exactly_for_any_split_and_polls(text: str, cuts: list[int
 def test_sources_rejoin_to_the_callers_text_with_holds_and_polls(text: str, cuts: list[int],
                                                                  timeline: list[tuple[float, float, bool]]) -> None:
     chunker = AdaptiveChunker()
-    chunks: list[TextChunk] = []
-    now = 0.0
-    for piece, (dt, buffered, poll_first) in zip(split_at(text, cuts), itertools.cycle(timeline)):
-        now += dt
-        if poll_first:
-            chunks += chunker.poll(now, buffered)
-        chunks += chunker.push(piece, now, buffered)
+    chunks, now = play(chunker, text, cuts, timeline)
     chunks += chunker.poll(now + 5.0) + chunker.end()
     assert "".join(chunk.source for chunk in chunks) == text
     assert chunker.pending_chars == 0
