@@ -41,8 +41,10 @@ from app.engine.types import GenerationSettings  # noqa: E402
 from bench.opcount import KernelCounter, count_kernels  # noqa: E402
 
 MODES = ("kernels", "eager", "graphs", "upstream", "compile")  # compile last: the slowest to get ready
-DECODERS = {"standard": T3Decoder, "turbo": TurboT3Decoder}
-LAYER_METHODS = {"standard": "_layer_forward", "turbo": "_block_forward"}  # one decoder layer, to count its kernels
+# multilingual: the standard decoder with its alignment guard on (upstream's analyzer, batched): the difference to
+# standard is the guard's cost per step.
+DECODERS = {"standard": T3Decoder, "turbo": TurboT3Decoder, "multilingual": T3Decoder}
+LAYER_METHODS = {"standard": "_layer_forward", "turbo": "_block_forward", "multilingual": "_layer_forward"}
 CUDA_ONLY = {"graphs": "CUDA graphs need CUDA", "compile": "compiled decoding is measured under CUDA graphs"}
 
 
@@ -50,7 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "full"), default="full")
     parser.add_argument("--model", choices=tuple(DECODERS), default="standard",
-                        help="standard: Llama T3 (CFG rows); turbo: GPT-2 T3 (one row, no CFG)")
+                        help="standard: Llama T3 (CFG rows); turbo: GPT-2 T3 (one row, no CFG); multilingual: Llama "
+                             "T3 with the alignment guard")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                         help="default: bfloat16 on CUDA, float32 on CPU")
