@@ -130,6 +130,8 @@ class EngineOutput:
     # On the final output, where the model measures them: (start, end) seconds of each word of the request's
     # text (split at spaces), from the start of its audio.
     word_times: list[tuple[float, float]] | None = None
+    # On every output, where the model measures them: the start (seconds) of each word reached so far.
+    word_starts: list[float] | None = None
 
     @classmethod
     def failed(cls, request_id: str, error: EngineError) -> EngineOutput:

@@ -204,6 +204,9 @@ class ElevenLabsFraming(Framing):
         self.context_id = context_id  # None on a single-stream socket
         self._aligner = TranscriptAligner()
 
+    def measure(self, chunk: TextChunk, word_starts: list[float]) -> None:
+        self._aligner.measure(chunk, word_starts)
+
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
         return self._audio_message(base64.b64encode(data).decode("ascii"),
                                    self._aligner.align(seconds, chunk, chunk_ends))

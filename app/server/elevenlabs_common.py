@@ -174,6 +174,7 @@ def generation_settings(voice_settings: Any, seed: int | None, base: GenerationS
 # ---- alignment ----------------------------------------------------------------------------------------------
 
 _WORD = re.compile(r"\S+\s*|\s+")  # a word with the spaces after it (or leading spaces)
+_SPOKEN_WORD = re.compile(r"\S+")
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,9 @@ class TranscriptAligner:
     """Approximate character timings for a reply's audio messages (we do not measure them), for both texts of
     each chunk: the caller's own (`source`) and the normalized one the model spoke.
 
-    Each chunk's text is laid over its audio at an estimated speaking rate, learnt from the reply's previous
-    chunks: a word goes with the first message during which it is estimated to start (by the fraction of the
+    Each chunk's text is laid over its audio by when each word starts: measured, where the model's aligned heads
+    report word starts (`measure`, the multilingual model), else estimated at a speaking rate learnt from the
+    reply's previous chunks. A word goes with the first message during which it starts (by the fraction of the
     chunk spoken, the same for both texts), and the chunk's last message takes every word left (or
     `finish_chunk` does, when its end was not marked). A message with audio carries both texts or neither
     (each text keeps its last word for the chunk's end), so one transcript never runs ahead of the other. Within
@@ -261,6 +263,8 @@ class TranscriptAligner:
         self._spoken_s = 0.0
         self._caller = _Words("")
         self._normalized = _Words("")
+        self._word_offsets: list[int] = []  # where each word of the chunk's normalized text starts
+        self._measured: list[float] | None = None  # measured word starts (seconds) of the chunk, so far
 
     def align(self, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Alignments:
         """The characters due with `seconds` of `chunk`'s audio (none for an encoder's held-back tail, whose
@@ -272,10 +276,27 @@ class TranscriptAligner:
         if chunk_ends:
             self._learn_rate()
             return self._alignments(self._caller.rest(), self._normalized.rest(), seconds)
-        spoken = self._spoken_s * self._rate / max(1, self._normalized.chars)
+        spoken = self._spoken_fraction()
         if not (self._caller.has_started(spoken) and self._normalized.has_started(spoken)):
             return Alignments(None, None)
         return self._alignments(self._caller.started(spoken), self._normalized.started(spoken), seconds)
+
+    def measure(self, chunk: TextChunk, word_starts: list[float]) -> None:
+        """The measured starts of `chunk`'s words reached so far (its normalized words, in order)."""
+        self._follow(chunk)
+        self._measured = word_starts
+
+    def _spoken_fraction(self) -> float:
+        """How far into the chunk's text the audio so far has spoken: past the last word measured to have
+        started, or at the estimated rate."""
+        if self._measured is None:
+            return self._spoken_s * self._rate / max(1, self._normalized.chars)
+        started = sum(start < self._spoken_s for start in self._measured[:len(self._word_offsets)])
+        if not started:
+            return 0.0
+        # Up to where the first word not started yet begins: everything before it has been spoken.
+        following = self._word_offsets[started] if started < len(self._word_offsets) else self._normalized.chars
+        return following / max(1, self._normalized.chars)
 
     def finish_chunk(self, chunk: TextChunk) -> Alignments:
         """`chunk`'s audio is over: the characters not sent yet are due now, at no duration (all of them for a
@@ -293,6 +314,8 @@ class TranscriptAligner:
             self._index = chunk.index
             self._spoken_s = 0.0
             self._caller, self._normalized = _Words(chunk.source), _Words(chunk.text)
+            self._word_offsets = [match.start() for match in _SPOKEN_WORD.finditer(chunk.text)]
+            self._measured = None
 
     def _learn_rate(self) -> None:
         if self._spoken_s > 0 and self._normalized.chars:

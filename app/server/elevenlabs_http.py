@@ -187,6 +187,8 @@ class TimestampedBody(AudioBody):
     def piece(self, piece: AudioPiece) -> bytes:
         seconds = piece.pcm.size / self._source_rate
         data = self._audio.piece(piece)
+        if piece.job.word_starts is not None:
+            self._aligner.measure(piece.job.chunk, piece.job.word_starts)
         self._aligned(self._aligner.align(seconds, piece.job.chunk, piece.ends_chunk), seconds)
         return self._emit(data)
 

@@ -67,3 +67,27 @@ async def test_alignment_events_time_every_word_in_order(server, language):
         assert event["measured"] is True and starts == sorted(starts) and starts[0] == 0
         assert all(word["start_ms"] <= word["end_ms"] for word in event["words"])
     assert len(session.audio(channel)) > 0
+
+
+async def test_elevenlabs_transcripts_follow_the_measured_word_starts(server):
+    """ElevenLabs messages on the multilingual model: the caller's characters exactly, both transcripts in every
+    message with audio, laid out by the measured word starts."""
+    import json
+    from urllib.parse import urlencode
+
+    from websockets.asyncio.client import connect
+
+    text = SAMPLES["ru"]
+    query = urlencode({"model_id": "eleven_multilingual_v2", "language_code": "ru", "output_format": "pcm_16000"})
+    url = f"ws://127.0.0.1:{server.settings.port}/v1/text-to-speech/default/stream-input?{query}"
+    messages = []
+    async with connect(url, max_size=None) as ws:
+        for piece in (" ", text + " ", ""):
+            await ws.send(json.dumps({"text": piece}))
+        async for message in ws:
+            messages.append(json.loads(message))
+    aligned = [m for m in messages if m.get("alignment")]
+    assert "".join(c for m in aligned for c in m["alignment"]["chars"]) == " " + text + " "
+    for message in messages:
+        if message.get("audio"):
+            assert (message["alignment"] is None) == (message["normalizedAlignment"] is None)

@@ -65,3 +65,21 @@ def test_a_word_goes_with_the_message_in_which_it_is_estimated_to_start():
     rest = aligner.align(1.0, chunk, True)
     assert rest.normalized.chars == "three four " and rest.caller.chars == "2 3 4 "
     assert not aligner.finish_chunk(chunk)  # its marked end took everything
+
+
+def test_measured_word_starts_decide_when_a_word_is_due():
+    """With the model's measured starts (multilingual), a word goes with the message during which it was measured
+    to start, whatever the speaking-rate estimate says; without them the estimate decides (the control)."""
+    chunk = TextChunk(0, "one two three four", "x", True, "end", source="1 2 3 4")
+    measured = TranscriptAligner()
+    measured.measure(chunk, [0.0, 0.1, 0.9])  # "four" not reached yet
+    first = measured.align(0.2, chunk, False)
+    assert first.normalized.chars == "one two " and first.caller.chars == "1 2 "
+    assert not measured.align(0.5, chunk, False)  # "three" starts at 0.9 s: not yet
+    measured.measure(chunk, [0.0, 0.1, 0.9, 1.0])
+    second = measured.align(0.3, chunk, False)  # 1.0 s spoken: "three" started, "four" keeps for the end
+    assert second.normalized.chars == "three " and second.caller.chars == "3 "
+    assert measured.align(0.4, chunk, True).normalized.chars == "four"
+
+    estimated = TranscriptAligner()  # 15 characters a second: after 0.2 s only "one" has started
+    assert estimated.align(0.2, chunk, False).normalized.chars == "one "

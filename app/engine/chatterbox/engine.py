@@ -30,7 +30,7 @@ from app.engine.chatterbox.s3gen_stream import S3GenStreamer
 from app.engine.chatterbox.slot_decoder import SlotDecoder
 from app.engine.chatterbox.t3 import T3Decoder
 from app.engine.chatterbox.t3_turbo import TurboT3Decoder
-from app.engine.chatterbox.word_timing import word_times, words_of_tokens
+from app.engine.chatterbox.word_timing import word_starts, word_times, words_of_tokens
 from app.engine.config import EngineConfig
 from app.engine.scheduler import Scheduler, Sequence
 from app.engine.types import SAMPLE_RATE, EngineError, EngineInfo, EngineOutput, EngineRequest, GenerationSettings
@@ -187,7 +187,8 @@ class ChatterboxEngine(Engine):
         if sequence.finished:
             self.decoder.remove(sequence.request_id)  # frees its rows
         return EngineOutput(sequence.request_id, pcm, finished=sequence.finished,
-                            speech_tokens=len(sequence.tokens), word_times=_word_times(sequence))
+                            speech_tokens=len(sequence.tokens), word_times=_word_times(sequence),
+                            word_starts=_word_starts(sequence))
 
     # ---- voices -------------------------------------------------------------------------------------------
 
@@ -251,6 +252,13 @@ def _word_times(sequence: Sequence) -> list[tuple[float, float]] | None:
         return None
     voiced = len(_speech_tokens(sequence))
     return word_times(sequence.spoken[:voiced], sequence.token_words)
+
+
+def _word_starts(sequence: Sequence) -> list[float] | None:
+    """The measured starts of the words a running sequence has reached (None where nothing is measured)."""
+    if sequence.token_words is None:
+        return None
+    return word_starts(sequence.spoken[:len(_speech_tokens(sequence))], sequence.token_words)
 
 
 def _speech_tokens(sequence: Sequence) -> torch.Tensor:

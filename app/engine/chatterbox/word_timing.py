@@ -37,16 +37,28 @@ def word_times(spoken: Sequence[int], token_words: Sequence[int | None],
                tokens_per_second: int = SPEECH_TOKENS_PER_SECOND) -> list[tuple[float, float]]:
     """(start, end) seconds of each word, from the text position reached after each speech token of a chunk.
     `token_words` is `words_of_tokens` of the chunk's text tokens."""
+    starts = _starts(spoken, token_words, tokens_per_second, reached_only=False)
+    return list(zip(starts, [*starts[1:], len(spoken) / tokens_per_second]))
+
+
+def word_starts(spoken: Sequence[int], token_words: Sequence[int | None],
+                tokens_per_second: int = SPEECH_TOKENS_PER_SECOND) -> list[float]:
+    """While a chunk is being spoken: the start of each word the heads have reached so far, in order."""
+    return _starts(spoken, token_words, tokens_per_second, reached_only=True)
+
+
+def _starts(spoken: Sequence[int], token_words: Sequence[int | None], tokens_per_second: int,
+            reached_only: bool) -> list[float]:
     if any(later < earlier for earlier, later in pairwise(spoken)):
         raise ValueError("spoken text positions must be monotone")
     first_token: dict[int, int] = {}
     for index, word in enumerate(token_words):
         if word is not None:
             first_token.setdefault(word, index + 1)  # +1: position 0 is the start-of-text token
-    duration = len(spoken) / tokens_per_second
-    starts = [min(bisect_left(spoken, first_token[word]), len(spoken)) / tokens_per_second
-              for word in sorted(first_token)]
+    reached = [bisect_left(spoken, first_token[word]) for word in sorted(first_token)]
+    if reached_only:
+        reached = [token for token in reached if token < len(spoken)]
+    starts = [min(token, len(spoken)) / tokens_per_second for token in reached]
     if starts:
         starts[0] = 0.0  # the first word owns the audio before the heads settle on it
-    ends = [*starts[1:], duration]
-    return list(zip(starts, ends))
+    return starts

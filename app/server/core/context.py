@@ -52,6 +52,9 @@ class Framing:
         """Measured word times of a chunk, for a context that asked for them."""
         return None
 
+    def measure(self, chunk: TextChunk, word_starts: list[float]) -> None:
+        """The measured starts of the chunk's words reached so far, before its next audio (transcripts)."""
+
     def audio(self, data: bytes, seconds: float, chunk: TextChunk | None, chunk_ends: bool) -> Payload:
         """One frame of encoded audio. `chunk` is the text it speaks (None for an encoder's held-back tail);
         `chunk_ends` is set on the chunk's last frame when the engine marked its final piece."""
@@ -235,10 +238,15 @@ class StreamContext:
         if self.encoder.cpu_heavy:
             return self._encode_off_loop(piece)
         job = piece.job
+        self._measure(job)
         if piece.ends_chunk:
             self._send_alignment(job)
         self._queue_audio(self.encoder.encode(piece.pcm), job.times, job.chunk, piece.ends_chunk)
         return None
+
+    def _measure(self, job: ChunkJob) -> None:
+        if job.word_starts is not None:
+            self.framing.measure(job.chunk, job.word_starts)
 
     def _send_alignment(self, job: ChunkJob) -> None:
         """With the chunk's last audio (or before its `chunk_done` when that had none), once."""
@@ -251,6 +259,7 @@ class StreamContext:
         next event, so frames stay in order."""
         data = await asyncio.to_thread(self.encoder.encode, piece.pcm)
         if not self.closed:
+            self._measure(piece.job)
             if piece.ends_chunk:
                 self._send_alignment(piece.job)
             self._queue_audio(data, piece.job.times, piece.job.chunk, piece.ends_chunk)

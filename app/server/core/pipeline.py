@@ -48,6 +48,7 @@ class ChunkJob:
         self.ticket: Ticket | None = None  # its place in the client's quota, if it has one
         # Measured (start, end) seconds of each word, from the engine's final output where the model measures them.
         self.word_times: list[tuple[float, float]] | None = None
+        self.word_starts: list[float] | None = None  # measured starts of the words reached so far
         self.alignment_sent = False
 
     def start(self, handle: RequestHandle) -> None:
@@ -74,6 +75,8 @@ class ChunkJob:
             async for output in handle:
                 if output.word_times is not None:
                     self.word_times = output.word_times
+                if output.word_starts is not None:
+                    self.word_starts = output.word_starts
                 if output.pcm.size:
                     if output.finished:
                         self.last_piece = output.pcm
