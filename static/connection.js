@@ -7,6 +7,7 @@ export function startMessage({ contextId, model, language, voice, sampleRate, ch
   return {
     type: 'start', context_id: contextId, voice: voice || 'default', ...(model ? { model } : {}),
     ...(language ? { language } : {}),
+    alignment: true, // measured word times, from the models that measure them (the multilingual one)
     output: { encoding: 'pcm_f32le', sample_rate: sampleRate },
     chunking: { chunk_size: chunkSize }, generation,
   };

@@ -169,7 +169,33 @@ export function createRenderer({ demo, session, speaker }) {
         meta.push(chunk.state);
       }
       setText(row.querySelector('.chunk-meta'), meta.join(' · '));
+      showWords(row, chunk, span, axis);
     });
+  }
+
+  // Measured word times (multilingual model): a tick per word start on the chunk's bar, and the words with
+  // their times under it.
+  function showWords(row, chunk, span, axis) {
+    let words = row.querySelector('.chunk-words');
+    if (!chunk.words?.length || !span) {
+      words?.remove();
+      row.querySelectorAll('.word-tick').forEach((tick) => tick.remove());
+      return;
+    }
+    if (!words) {
+      words = document.createElement('div');
+      words.className = 'chunk-words';
+      row.append(words);
+    }
+    setText(words, chunk.words.map((w) => `${w.word} ${(w.start_ms / 1000).toFixed(2)}`).join(' · '));
+    const track = row.querySelector('.chunk-track');
+    track.querySelectorAll('.word-tick').forEach((tick) => tick.remove());
+    for (const word of chunk.words) {
+      const tick = document.createElement('i');
+      tick.className = 'word-tick';
+      tick.style.left = `${(100 * (span.start / session.rate + word.start_ms / 1000)) / axis}%`;
+      track.append(tick);
+    }
   }
 
   function renderWaveform() {

@@ -136,6 +136,11 @@ export function createSpeaker({ session, player, connection, playback, onChange,
           utterance.chunks.push({ index: message.chunk, text: message.text, state: 'synthesizing', start: null,
             end: null, stats: null });
           break;
+        case 'alignment': {
+          const chunk = utterance.chunks.find((c) => c.index === message.chunk);
+          if (chunk) chunk.words = message.words;
+          break;
+        }
         case 'chunk_done':
           this.onChunkDone(utterance, message);
           break;

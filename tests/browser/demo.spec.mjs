@@ -20,7 +20,11 @@ const { values: options } = parseArgs({
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
     timeout: { type: 'string', default: '20000' },
     'voice-file': { type: 'string' },
-    'api-key': { type: 'string' }, // the server's key: the page must first say it needs one, then use it // a reference recording to upload when the server has a voice library
+    'api-key': { type: 'string' },
+    // Only speak this text in this language and report the timeline's measured word times (a server whose model
+    // measures them: the multilingual one).
+    'words-text': { type: 'string' },
+    'words-language': { type: 'string' }, // the server's key: the page must first say it needs one, then use it // a reference recording to upload when the server has a voice library
   },
 });
 assert.ok(options.url, '--url is required');
@@ -173,6 +177,19 @@ async function bargeIn(page) {
   return { utteranceId, ...after };
 }
 
+async function timelineWords(page) {
+  await page.locator('#language').selectOption(options['words-language']);
+  await page.getByLabel('all at once', { exact: false }).check();
+  await page.getByLabel('Text to speak').fill(options['words-text']);
+  await page.getByRole('button', { name: 'Speak' }).click();
+  await page.waitForSelector('.chunk-words', { timeout: WAIT_MS });
+  await waitForDemo(page, 'the done event', () => window.__demo.utteranceState === 'done');
+  return {
+    words: await page.locator('.chunk-words').allTextContents(),
+    ticks: await page.locator('.word-tick').count(),
+  };
+}
+
 async function speakWholeText(page, voice) {
   await page.getByLabel('all at once', { exact: false }).check();
   await page.locator('#voice').selectOption(voice);
@@ -240,6 +257,10 @@ async function main() {
     await page.goto(options.url);
     if (options['api-key']) await enterApiKey(page);
     await page.waitForSelector('#connection[data-state="open"]', { timeout: WAIT_MS });
+    if (options['words-text']) {
+      process.stdout.write(`${JSON.stringify(await timelineWords(page))}\n`);
+      return;
+    }
     await waitForDemo(page, 'the voice list', () => window.__demo.voicesAvailable !== null);
     const voices = await page.locator('#voice option').evaluateAll((options) => options.map((o) => o.value));
     assert.ok(voices.includes('default'), 'the voice picker offers the default voice');

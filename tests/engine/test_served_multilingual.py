@@ -4,9 +4,14 @@ decode; a language the model does not speak is refused before any synthesis."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from harness import metric_samples
 from stream_session import open_session
+from test_browser import CHROMIUM, run_node
 
 SAMPLES = {  # one language per script family
     "en": "Hello there, how are you?", "ru": "Привет, как дела?", "el": "Γεια σου, τι κάνεις;",
@@ -72,7 +77,6 @@ async def test_alignment_events_time_every_word_in_order(server, language):
 async def test_elevenlabs_transcripts_follow_the_measured_word_starts(server):
     """ElevenLabs messages on the multilingual model: the caller's characters exactly, both transcripts in every
     message with audio, laid out by the measured word starts."""
-    import json
     from urllib.parse import urlencode
 
     from websockets.asyncio.client import connect
@@ -91,3 +95,15 @@ async def test_elevenlabs_transcripts_follow_the_measured_word_starts(server):
     for message in messages:
         if message.get("audio"):
             assert (message["alignment"] is None) == (message["normalizedAlignment"] is None)
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not Path(CHROMIUM).exists(), reason="needs node and Chromium")
+def test_demo_page_shows_measured_word_times_on_its_timeline(server):
+    """The demo page asks for word times; on the multilingual model its timeline marks each word's start."""
+    text = SAMPLES["ru"]
+    result = run_node("demo.spec.mjs", "--url", server.base_url + "/", "--chromium", CHROMIUM, "--timeout", "60000",
+                      "--words-text", text, "--words-language", "ru")
+    assert result.returncode == 0, result.stderr[-4000:]
+    shown = json.loads(result.stdout.strip().splitlines()[-1])
+    words = [entry.rsplit(" ", 1)[0] for line in shown["words"] for entry in line.split(" · ")]
+    assert bare(words) == bare(text.split()) and shown["ticks"] == len(words)
