@@ -64,6 +64,10 @@ class Settings:
                              ("none", "default", "reduce-overhead", "max-autotune"))
     max_batch_size: int = _opt(64, "Most streams stepped together in one T3 decode step (at most 4 on a CPU).")
     max_new_tokens: int = _opt(1000, "Cap on speech tokens per text chunk (40 s of audio).")
+    alignment_guard: str = _opt("auto", "Guard each stream's stop by the T3's aligned attention heads (upstream's "
+                                        "AlignmentStreamAnalyzer, batched) and measure word times: `auto` (the "
+                                        "multilingual model, as upstream), `on` (the standard model too), `off`.",
+                                ("auto", "on", "off"))
     cfm_steps: int = _opt(10, "Euler steps of S3Gen's flow-matching decoder (fewer is faster, rougher).")
     s3gen_left_context: int = _opt(50, "Speech tokens of already-spoken left context each streaming S3Gen "
                                        "chunk re-decodes (0 = all of them).")

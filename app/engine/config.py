@@ -30,6 +30,7 @@ class EngineConfig:
     max_batch: int = 64  # streams decoded together
     max_new_tokens: int = 1000  # server-wide cap on speech tokens per request
     cfm_steps: int = 10
+    alignment_guard: bool | None = None  # None: the decoder's default (on for the multilingual T3)
     s3gen_left_context: int = 50
     s3gen_prompt_tokens: int = MAX_PROMPT_TOKENS
     first_audio_tokens: int = 10
@@ -50,7 +51,9 @@ class EngineConfig:
         return cls(engine=settings.resolved_engine[0], model=models[0], checkpoint=checkpoints[models[0]],
                    models=models, checkpoints=tuple((model, checkpoints[model]) for model in models), device=device,
                    dtype=settings.resolved_dtype, max_batch=max_batch, max_new_tokens=settings.max_new_tokens,
-                   cfm_steps=settings.cfm_steps, s3gen_left_context=settings.s3gen_left_context,
+                   cfm_steps=settings.cfm_steps,
+                   alignment_guard={"auto": None, "on": True, "off": False}[settings.alignment_guard],
+                   s3gen_left_context=settings.s3gen_left_context,
                    s3gen_prompt_tokens=settings.s3gen_prompt_tokens,
                    first_audio_tokens=settings.first_audio_tokens, audio_chunk_tokens=settings.audio_chunk_tokens,
                    enable_optimizations=settings.enable_optimizations, compile_mode=settings.compile_mode,

@@ -143,3 +143,21 @@ def test_a_full_context_ends_the_request_instead_of_failing_the_step(engine, mon
     assert outputs["long"][-1].finished and outputs["long"][-1].error is None
     assert outputs["long"][-1].speech_tokens == 12
     assert outputs["other"][-1].error is None
+
+
+def test_the_alignment_guard_is_a_setting_for_the_standard_model(tiny_models):
+    """Off by default for the standard model (as upstream); `--alignment-guard on` guards its stops and measures
+    its word times too."""
+    from app.settings import Settings
+
+    assert EngineConfig.from_settings(Settings(engine="chatterbox", alignment_guard="on", device="cpu")).alignment_guard
+    default = ChatterboxEngine(tiny_models, EngineConfig(cfm_steps=2))
+    guarded = ChatterboxEngine(tiny_models, EngineConfig(cfm_steps=2, alignment_guard=True))
+    assert default.optimization_status()["t3"]["alignment_guard"] is False
+    assert guarded.optimization_status()["t3"]["alignment_guard"] is True
+    plain = run(default, request("p", seed=1, tokens=30))["p"][-1]
+    timed = run(guarded, EngineRequest("g", TEXT, None, GenerationSettings(seed=1), fixed_tokens=30))["g"][-1]
+    assert plain.word_times is None
+    assert timed.word_times is not None and len(timed.word_times) == len(TEXT.split())
+    starts = [start for start, _ in timed.word_times]
+    assert starts == sorted(starts) and starts[0] == 0.0

@@ -236,8 +236,8 @@ def _decoder(models: ChatterboxModels, config: EngineConfig, compile_mode: str |
     common: dict[str, Any] = dict(max_batch=config.max_batch, device=config.device, dtype=getattr(torch, config.dtype),
                                   enable_cuda_graphs=config.optimize, compile_mode=compile_mode)
     if models.t3.is_gpt:
-        return TurboT3Decoder(models.t3, **common)
-    return T3Decoder(models.t3, **common)
+        return TurboT3Decoder(models.t3, **common)  # GPT-2 has no aligned heads to guard with
+    return T3Decoder(models.t3, alignment_guard=config.alignment_guard, **common)
 
 
 def _word_separator(models: ChatterboxModels) -> int | None:
