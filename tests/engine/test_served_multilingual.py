@@ -40,6 +40,14 @@ async def test_each_script_family_streams(server, language):
     assert "".join(event["text"] for event in started) == SAMPLES[language]  # the caller's own script
 
 
+def test_status_says_which_language_preparation_runs_and_what_is_skipped(server):
+    prepared = server.get("/optimization-status").json()["engine"]["by_model"]["multilingual"]["language_preparation"]
+    assert set(prepared) == {"ja", "zh", "he", "ru"}
+    for step in prepared.values():
+        assert step["active"] == (step["skipped_because"] is None)
+    assert prepared["ja"]["active"]  # pykakasi is pinned
+
+
 def test_unsupported_language_is_refused_before_synthesis(server):
     before = metric_samples(server).get("chatterbox_chunks_total{model=multilingual}", 0)
     response = server.post("/synthesize", json={"text": "Hola.", "language": "xx"})

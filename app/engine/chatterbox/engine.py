@@ -24,7 +24,7 @@ import torch
 from chatterbox.models.s3tokenizer import SPEECH_VOCAB_SIZE  # real speech codes; start/stop come after
 
 from app.engine.base import Engine
-from app.engine.chatterbox.languages import check_language
+from app.engine.chatterbox.languages import check_language, preparation_status
 from app.engine.chatterbox.loader import ChatterboxModels, load_models
 from app.engine.chatterbox.s3gen_stream import S3GenStreamer
 from app.engine.chatterbox.slot_decoder import SlotDecoder
@@ -223,7 +223,9 @@ class ChatterboxEngine(Engine):
             self.step()
 
     def optimization_status(self) -> dict[str, Any]:
-        return {**self.info.as_dict(), "t3": self.decoder.status(), "compile_seconds": self.compile_seconds,
+        languages = {"language_preparation": preparation_status()} if self.models.model == "multilingual" else {}
+        return {**self.info.as_dict(), **languages, "t3": self.decoder.status(),
+                "compile_seconds": self.compile_seconds,
                 "float32_matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
                 "s3gen": self.s3gen.status(),
                 "first_audio_tokens": self.config.first_audio_tokens,
